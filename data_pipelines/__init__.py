@@ -1,0 +1,1 @@
+"""Shard writers, streaming loaders and synthetic data for ImageNet and Cityscapes."""

@@ -1,0 +1,1 @@
+"""Turning a machine or cluster environment into training processes; the `mdeq` command."""

@@ -1,0 +1,1 @@
+"""Subcommands of the `mdeq` command, one module each."""

@@ -1,0 +1,75 @@
+"""The ``mdeq`` command: the front door that wires the packages together.
+
+Each subcommand lives in its own module under ``launch.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
+arguments and returning an exit code. Modules import torch, DeepSpeed etc. inside ``func`` so
+``mdeq --help`` stays fast. ``COMMANDS`` fixes the order shown by ``mdeq --help``; a subcommand's
+module is added only once it works, and a name whose module does not exist is not registered.
+
+Errors a user can cause (bad config, data, checkpoint, launch arguments) end in exit code 2 and one
+message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Order is the order shown by `mdeq --help`.
+COMMANDS = [
+    "config",  # issue 2
+    "models",  # issue 3
+    "synth", "shards",  # issue 5
+    "train", "eval", "quickstart",  # issue 6
+    "bench",  # issues 4, 5
+    "launch",  # issue 8
+    "sweep", "plan",  # issue 9
+]
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user gave us something wrong' (exit 2, message only)."""
+    from data_pipelines.errors import DataError
+    from launch.errors import LaunchError
+    from mdeq.errors import MDEQError
+    from trainer.config.errors import ConfigError
+    from trainer.errors import TrainerError
+
+    return (ConfigError, MDEQError, DataError, TrainerError, LaunchError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdeq",
+        description="Train Multiscale Deep Equilibrium Models with DeepSpeed, WebDataset and MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"launch.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"launch.cli.{name}":
+                continue  # not written yet: not registered
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_error_types() as err:
+        print(f"mdeq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mdeq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

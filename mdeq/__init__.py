@@ -1,0 +1,1 @@
+"""MDEQ: multiscale deep equilibrium models, solvers and implicit differentiation (torch only)."""

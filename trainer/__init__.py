@@ -1,0 +1,1 @@
+"""DeepSpeed training loop, checkpoints, MLflow tracking and metrics."""
