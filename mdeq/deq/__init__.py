@@ -1,0 +1,1 @@
+"""The equilibrium layer: options, the solve with its gradient modes, Jacobian diagnostics."""

@@ -1,0 +1,173 @@
+"""``solve_equilibrium``: find z* = f(z*) and make it differentiable in the configured way.
+
+Gradient modes (``options.grad_mode``):
+- implicit: solve without grad, one ordinary differentiable module call ``f(z*, *f_args)``, and a
+  backward hook on its output that solves the adjoint fixed point g = J_f(z*)^T g + dL/dz* with the
+  backward solver and passes g on. Nothing of the forward iterations is kept. This construction (no
+  autograd.Function taking parameters as inputs) is the one that survives DeepSpeed ZeRO-3, because
+  both the forward step and its backward run through ordinary module calls and autograd.
+- unrolled: ordinary backprop through ``f_max_iter`` plain f applications (memory grows with the cap).
+- phantom: solve without grad, then ``phantom_steps`` damped steps z <- (1-l) z + l f(z) with grad
+  (Geng et al., NeurIPS 2021).
+``mode="unrolled"`` (warm-up, weight-tied model) applies f ``options.unrolled_steps`` times with
+ordinary backprop, whatever ``grad_mode`` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mdeq.deq.options import DEQOptions
+from mdeq.errors import MDEQError
+from mdeq.solvers.base import SolverStats
+from mdeq.solvers.registry import get_solver
+
+
+@dataclass
+class DEQStats:
+    """Statistics of one equilibrium solve; the implicit backward fills the ``b_*`` fields."""
+
+    nfe: int  # f evaluations of the forward solve (or unrolled steps)
+    residual_trace: list[float]  # mean stop-mode residual after each f evaluation
+    branch_residuals: list[float]  # final stop-mode residual per branch
+    abs_residual: float  # mean per-sample ||f(z)-z|| of the returned z*
+    rel_residual: float  # mean per-sample ||f(z)-z|| / ||f(z)||
+    lowest_step: int  # f evaluation with the lowest mean residual
+    converged: bool  # every sample reached f_tol
+    protective_break: bool  # solve stopped on divergence or a non-finite f output
+    b_nfe: int = 0  # vector-Jacobian products of the implicit backward
+    b_residual: float = math.nan  # final stop-mode residual of the adjoint solve
+    b_converged: bool = False
+    jac_loss: torch.Tensor | None = None  # gamma * Hutchinson ||J_f||_F^2 / dim: add it to the loss
+    solver_buffer_bytes: int = 0  # history buffers of the forward solver (the memory bound)
+    b_trace: list[float] = field(default_factory=list)  # adjoint residual trace
+
+
+def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), *, options: DEQOptions,
+                      branch_sizes: Sequence[int], mode: str = "equilibrium",
+                      ) -> tuple[torch.Tensor, DEQStats]:
+    """Return (z (B, D), stats) for f called as ``f(z, *f_args)`` on the flat joint state z0 (B, D)."""
+    if mode not in ("equilibrium", "unrolled"):
+        raise MDEQError(f"solve_equilibrium mode={mode!r} is unknown; use equilibrium or unrolled")
+    if z0.dim() != 2 or sum(branch_sizes) != z0.shape[1]:
+        raise MDEQError(f"z0 must be (batch, sum(branch_sizes)={sum(branch_sizes)}), got {tuple(z0.shape)}")
+    step = _Step(f, f_args, options.compute_dtype, z0.dtype)
+    if mode == "unrolled":
+        return _unrolled(step, z0, options.unrolled_steps, branch_sizes)
+    if options.grad_mode == "unrolled":
+        return _unrolled(step, z0, options.f_max_iter, branch_sizes)
+    with torch.no_grad():
+        z_star, f_stats = get_solver(options.f_solver)(
+            step, z0.detach(), max_iter=options.f_max_iter, tol=options.f_tol, stop_mode=options.stop_mode,
+            history=options.history, state_dtype=options.state_dtype, branch_sizes=branch_sizes,
+            protect_factor=options.protect_factor, **_solver_kwargs(options.f_solver, options))
+    stats = _stats_from(f_stats)
+    z_star = z_star.to(z0.dtype)
+    if not torch.is_grad_enabled():
+        return z_star, stats
+    if options.grad_mode == "phantom":
+        z = z_star
+        for _ in range(options.phantom_steps):
+            z = torch.lerp(z, step(z), options.phantom_damping)
+        return z, stats
+    z_in = z_star.detach().requires_grad_()
+    z_out = step(z_in)  # (B, D): the one differentiable f evaluation, an ordinary module call
+    if not z_out.requires_grad:
+        return z_out, stats  # nothing to differentiate (frozen f, no grad to z0)
+    if f.training and options.jac_reg_weight > 0 and random.random() < options.jac_reg_prob:
+        from mdeq.deq.jacobian import jacobian_frobenius_estimate
+
+        stats.jac_loss = options.jac_reg_weight * jacobian_frobenius_estimate(z_out, z_in)
+    _attach_adjoint_hook(z_out, z_in, options, stats, branch_sizes)
+    return z_out, stats
+
+
+class _Step:
+    """f(z, *f_args) under the configured autocast, returned in the state's dtype (B, D)."""
+
+    def __init__(self, f: torch.nn.Module, f_args: tuple, compute_dtype: torch.dtype | None,
+                 out_dtype: torch.dtype) -> None:
+        self.f, self.f_args, self.out_dtype = f, f_args, out_dtype
+        self.autocast = compute_dtype is not None and compute_dtype not in (torch.float32, torch.float64)
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        ctx = (torch.autocast(device_type=z.device.type, dtype=self.compute_dtype) if self.autocast
+               else contextlib.nullcontext())
+        with ctx:
+            out = self.f(z.to(self.out_dtype), *self.f_args)
+        return out.to(self.out_dtype)
+
+
+def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOptions, stats: DEQStats,
+                         branch_sizes: Sequence[int]) -> None:
+    """On backward, replace dL/dz* by the solution g of g = J^T g + dL/dz* (the implicit gradient)."""
+    solver = get_solver(options.b_solver)
+    inside = [False]  # the adjoint solve's own VJPs pass through this hook: leave them alone
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if inside[0]:
+            return grad
+        inside[0] = True
+        try:
+            def adjoint_map(g: torch.Tensor) -> torch.Tensor:
+                (vjp,) = torch.autograd.grad(z_out, z_in, g.to(z_out.dtype), retain_graph=True)
+                return vjp.to(g.dtype) + grad_work
+
+            grad_work = grad.detach().to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
+            with torch.enable_grad():
+                g, b_stats = solver(adjoint_map, torch.zeros_like(grad_work), max_iter=options.b_max_iter,
+                                    tol=options.b_tol, stop_mode=options.stop_mode, history=options.history,
+                                    state_dtype=options.state_dtype, branch_sizes=branch_sizes,
+                                    protect_factor=options.protect_factor,
+                                    **_solver_kwargs(options.b_solver, options))
+        finally:
+            inside[0] = False
+        stats.b_nfe = b_stats.nfe
+        stats.b_residual = b_stats.rel_residual if options.stop_mode == "rel" else b_stats.abs_residual
+        stats.b_converged = b_stats.converged
+        stats.b_trace = b_stats.residual_trace
+        return g.to(grad.dtype)
+
+    z_out.register_hook(hook)
+
+
+def _unrolled(step: _Step, z0: torch.Tensor, steps: int, branch_sizes: Sequence[int]
+              ) -> tuple[torch.Tensor, DEQStats]:
+    """Ordinary backprop through ``steps`` applications of f; residual of the last step."""
+    z_prev, z = z0, z0
+    for _ in range(steps):
+        z_prev, z = z, step(z)
+    with torch.no_grad():
+        diff = z - z_prev
+        abs_res = torch.linalg.vector_norm(diff, dim=1)
+        rel_res = abs_res / (torch.linalg.vector_norm(z, dim=1) + 1e-12)
+        branch = [(torch.linalg.vector_norm(d, dim=1) / (torch.linalg.vector_norm(b, dim=1) + 1e-12)).mean()
+                  for d, b in zip(diff.split(list(branch_sizes), 1), z.split(list(branch_sizes), 1))]
+        abs_mean, rel_mean, *branch_means = torch.stack([abs_res.mean(), rel_res.mean(), *branch]).tolist()
+    stats = DEQStats(nfe=steps, residual_trace=[rel_mean], branch_residuals=branch_means, abs_residual=abs_mean,
+                     rel_residual=rel_mean, lowest_step=steps, converged=False,
+                     protective_break=not math.isfinite(abs_mean))
+    return z, stats
+
+
+def _stats_from(s: SolverStats) -> DEQStats:
+    return DEQStats(nfe=s.nfe, residual_trace=s.residual_trace, branch_residuals=s.branch_residuals,
+                    abs_residual=s.abs_residual, rel_residual=s.rel_residual, lowest_step=s.lowest_step,
+                    converged=s.converged, protective_break=s.protective_break,
+                    solver_buffer_bytes=s.buffer_bytes)
+
+
+def _solver_kwargs(name: str, options: DEQOptions) -> dict:
+    """Solver-specific options from DEQOptions."""
+    if name == "anderson":
+        return {"lam": options.anderson_lambda, "beta": options.anderson_beta}
+    if name == "fixed_point":
+        return {"damping": options.fixed_point_damping}
+    return {}
