@@ -1,0 +1,5 @@
+"""placeholder"""
+
+
+def register(forms, add_common) -> None:
+    pass

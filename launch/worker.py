@@ -1,0 +1,116 @@
+"""What every launched process runs: copy its output into a per-rank log file, then run the program.
+
+``python -m launch.worker [--log-dir DIR] -- train --config x.yaml`` runs ``mdeq train --config
+x.yaml``; ``python -m launch.worker --script path.py -- args`` runs a Python file instead (smoke tests,
+custom entry points). The rank comes from the launcher's environment (``RANK``, else
+``SLURM_PROCID``), so the log is ``DIR/rank-<RANK>.log`` whichever launcher started us. Output still
+reaches the console (torchrun, srun or the DeepSpeed launcher prefix and collect it there).
+
+The copy is done inside the process (the file descriptors 1 and 2 point at a pipe a thread drains)
+rather than by a parent wrapper, so the launcher's signals reach the training process directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+
+def rank_from_environment(environ: dict[str, str] | os._Environ = os.environ) -> int:
+    """This process's global rank as the launcher set it (0 when run alone)."""
+    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if environ.get(name, "").isdigit():
+            return int(environ[name])
+    return 0
+
+
+class RankLogTee:
+    """Duplicate everything written to fd 1 and 2 (also by C code and forked children) into a file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        header = f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} attempt {attempt} ===\n"
+        self.file.write(header.encode())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.console = os.dup(1)
+        self.console_err = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.read_end = read_end
+        self.thread = threading.Thread(target=self._pump, name="rank-log", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while chunk := os.read(self.read_end, 65536):
+            self.file.write(chunk)
+            try:
+                os.write(self.console, chunk)
+            except OSError:
+                pass  # the console went away (launcher killed); keep the file complete
+
+    def stop(self) -> None:
+        """Restore the console and wait until everything written so far is in the file."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(self.console, 1)
+        os.dup2(self.console_err, 2)
+        # The pipe ends once no fd refers to its write end; a leftover child could hold one, so wait
+        # a bounded time.
+        self.thread.join(timeout=5.0)
+        self.file.close()
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        own, program = argv[:cut], argv[cut + 1:]
+    else:
+        own, program = argv, []
+    parser = argparse.ArgumentParser(prog="python -m launch.worker")
+    parser.add_argument("--log-dir", default=None, help="write rank-<RANK>.log here")
+    parser.add_argument("--script", default=None, help="run this Python file instead of the mdeq command")
+    return parser.parse_args(own), program
+
+
+def run(argv: list[str]) -> int:
+    args, program = parse_args(argv)
+    tee = RankLogTee(Path(args.log_dir) / f"rank-{rank_from_environment()}.log") if args.log_dir else None
+    code = 1
+    try:
+        if args.script:
+            sys.argv = [args.script, *program]
+            try:
+                runpy.run_path(args.script, run_name="__main__")
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        else:
+            from launch.cli.main import main
+
+            code = main(program)
+    except Exception:
+        # Print while the tee is active so the traceback lands in the rank's log too.
+        traceback.print_exc()
+        code = 1
+    finally:
+        if tee is not None:
+            tee.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
