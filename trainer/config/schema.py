@@ -68,10 +68,12 @@ class TrainConfig:
     """The loop: length, evaluation, logging, losses."""
 
     max_steps: int = rng(1000, ge=1)  # optimizer steps
+    output_dir: str | None = None  # run folder (metrics.jsonl, final_metrics.json, config); None: parent of checkpoint.dir
     eval_every: int = rng(500, ge=0)  # 0: evaluate only at the end
     log_every: int = rng(10, ge=1)
     seed: int = 0
     grad_accum_steps: int = rng(1, ge=1)
+    global_batch_size: int | None = rng(None, ge=1)  # samples per optimizer step, all processes; sets grad_accum_steps
     grad_clip: float = rng(1.0, ge=0.0)  # 0 disables clipping
     label_smoothing: float = rng(0.0, ge=0.0, le=0.99)
     max_bad_steps: int = rng(3, ge=1)  # consecutive non-finite steps before rollback/abort
@@ -105,6 +107,8 @@ class CheckpointConfig:
     keep_best: bool = True
     resume: str = "auto"  # auto | never | <path to a checkpoint>
     grace_seconds: float = rng(20.0, gt=0.0)  # time allowed to save after SIGTERM/SIGUSR1
+    best_mode: Literal["max", "min"] = "max"  # keep_best: is a higher metric passed to save() better
+    verify_hash: bool = True  # record and check a SHA-256 of every checkpoint file (detects corruption)
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""The one place where the config tree becomes model, DEQ options and data-loader arguments.
+
+Model and data code take plain arguments; everything that reads ``Config`` to build them is here,
+so a new config key has exactly one consumer to update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer.config import Config
+from trainer.errors import TrainerError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# model.* keys handed to mdeq.create_model as overrides (None means "keep the registry value")
+MODEL_OVERRIDE_KEYS = ("num_classes", "num_branches", "channels", "head_channels", "final_channels",
+                       "width_expansion", "num_groups", "dropout", "injection", "downsample_times",
+                       "weight_tied_layers")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How one optimizer step's samples are laid out over processes."""
+
+    micro_batch: int  # samples per process per micro-step (data.batch_size)
+    grad_accum_steps: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum_steps * self.world_size
+
+
+def batching(cfg: Config, world_size: int) -> Batching:
+    """Micro-batch and accumulation for ``world_size`` processes, or a TrainerError saying what to change.
+
+    With ``train.global_batch_size`` set (the recipes' per-GPU batch × GPUs), gradient accumulation is
+    derived from it so the same recipe reproduces the same optimisation on any number of processes.
+    """
+    micro = cfg.data.batch_size
+    global_batch = cfg.train.global_batch_size
+    if global_batch is None:
+        return Batching(micro, cfg.train.grad_accum_steps, world_size)
+    if global_batch % world_size:
+        raise TrainerError(
+            f"train.global_batch_size={global_batch} cannot be split over {world_size} processes: choose a "
+            f"multiple of {world_size} or run with a number of processes that divides {global_batch}")
+    per_rank = global_batch // world_size
+    if per_rank % micro:
+        raise TrainerError(
+            f"train.global_batch_size={global_batch} over {world_size} processes is {per_rank} samples per "
+            f"process per step, which data.batch_size={micro} does not divide: set data.batch_size to a divisor "
+            f"of {per_rank}")
+    accum = per_rank // micro
+    if cfg.train.grad_accum_steps not in (1, accum):
+        raise TrainerError(
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} contradicts train.global_batch_size={global_batch} "
+            f"(which needs {accum} with data.batch_size={micro} on {world_size} processes): drop one of them")
+    return Batching(micro, accum, world_size)
+
+
+def model_spec(cfg: Config):
+    """The registry entry of ``model.name`` (raises MDEQError listing the known names)."""
+    import mdeq
+
+    return mdeq.get_model_spec(cfg.model.name)
+
+
+def model_overrides(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
+    """The ``model.*`` overrides for ``mdeq.create_model`` (None values dropped)."""
+    out = {key: getattr(cfg.model, key) for key in MODEL_OVERRIDE_KEYS}
+    if out["num_classes"] is None and num_classes is not None:
+        out["num_classes"] = num_classes
+    if not out["weight_tied_layers"]:
+        out.pop("weight_tied_layers")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def build_model(cfg: Config, num_classes: int | None = None) -> torch.nn.Module:
+    """The model of ``model.*`` (``num_classes`` from the data when the config leaves it None)."""
+    import mdeq
+
+    return mdeq.create_model(cfg.model.name, **model_overrides(cfg, num_classes))
+
+
+def compute_dtype(cfg: Config) -> torch.dtype | None:
+    """Autocast dtype of f: ``deq.precision.compute``, where 'auto' follows ``deepspeed.precision``."""
+    name = cfg.deq.precision.compute
+    if name == "auto":
+        name = cfg.deepspeed.precision
+    return None if name == "fp32" else DTYPES[name]
+
+
+def deq_options(cfg: Config, spec=None):
+    """``DEQOptions`` from ``deq.*``, with the registry's recipe values where the config says None."""
+    import mdeq
+
+    spec = spec if spec is not None else model_spec(cfg)
+    deq = cfg.deq
+    return mdeq.DEQOptions(
+        f_solver=deq.f_solver, b_solver=deq.b_solver,
+        f_max_iter=deq.f_max_iter if deq.f_max_iter is not None else spec.f_max_iter,
+        b_max_iter=deq.b_max_iter if deq.b_max_iter is not None else spec.b_max_iter,
+        f_tol=deq.f_tol, b_tol=deq.b_tol, stop_mode=deq.stop_mode, history=deq.history,
+        grad_mode=deq.grad_mode,
+        unrolled_steps=pretrain_layers(cfg, spec),
+        phantom_steps=deq.phantom_steps, phantom_damping=deq.phantom_damping,
+        compute_dtype=compute_dtype(cfg), state_dtype=DTYPES[deq.precision.state],
+        jac_reg_weight=deq.jac_reg_weight, jac_reg_prob=deq.jac_reg_prob)
+
+
+def pretrain_steps(cfg: Config, spec=None) -> int:
+    """Warm-up length in optimizer steps (unrolled f before the equilibrium solve)."""
+    spec = spec if spec is not None else model_spec(cfg)
+    return cfg.deq.pretrain_steps if cfg.deq.pretrain_steps is not None else int(spec.pretrain_steps)
+
+
+def pretrain_layers(cfg: Config, spec=None) -> int:
+    spec = spec if spec is not None else model_spec(cfg)
+    return cfg.deq.pretrain_layers if cfg.deq.pretrain_layers is not None else int(spec.pretrain_layers)
+
+
+def train_stream_args(cfg: Config, rank: int, world_size: int) -> dict[str, Any]:
+    """Keyword arguments of ``data_pipelines.build_train_stream`` (besides dataset and shards)."""
+    data = cfg.data
+    args: dict[str, Any] = dict(batch_size=data.batch_size, workers=data.workers, rank=rank,
+                                world_size=world_size, seed=cfg.train.seed, image_size=data.image_size,
+                                scale_range=tuple(data.scale_range), augment=data.augment,
+                                shuffle_buffer=data.shuffle_buffer, max_bad_fraction=data.max_bad_fraction,
+                                eval_resize=data.eval_resize)
+    if data.crop_size is not None:
+        args["crop_size"] = tuple(data.crop_size)
+    return args
+
+
+def eval_loader_args(cfg: Config, rank: int, world_size: int) -> dict[str, Any]:
+    """Keyword arguments of ``data_pipelines.build_eval_loader`` (besides dataset and shards)."""
+    data = cfg.data
+    return dict(batch_size=data.eval_batch_size or data.batch_size, workers=data.workers, rank=rank,
+                world_size=world_size, image_size=data.image_size, eval_resize=data.eval_resize)
+
+
+def task_of(cfg: Config) -> str:
+    """'classification' or 'segmentation', from the dataset."""
+    return "segmentation" if cfg.data.dataset == "cityscapes" else "classification"

@@ -1,0 +1,125 @@
+"""Distributed state, device and seeds: set up once per process by ``setup_distributed``.
+
+Works under torchrun and the DeepSpeed launcher (which export RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) and as a plain single process: without those variables it exports a
+one-process layout itself (DeepSpeed would otherwise try MPI discovery and fail on a missing mpi4py).
+Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str  # "nccl" on GPUs, "gloo" on CPU
+
+    @property
+    def is_main(self) -> bool:
+        """This rank does the I/O shared by all ranks (logs, tracking, summary files)."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launcher_world_size() -> int:
+    """WORLD_SIZE as the launcher set it (1 for a plain process); readable before any set-up."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _ensure_env() -> None:
+    """Export a single-process layout when no launcher did."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        os.environ.setdefault("LOCAL_RANK", "0")
+        return
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_distributed(seed: int) -> Layout:
+    """Initialise the process group (via DeepSpeed), pick the device and seed every RNG.
+
+    Every rank is seeded with the same ``seed`` so that model construction is identical on all
+    ranks; call ``seed_everything(seed + layout.rank)`` afterwards for per-rank randomness (dropout).
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    _ensure_env()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    layout = Layout(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    device=device, backend=backend)
+    seed_everything(seed)
+    return layout
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op without a process group); returns ``tensor``."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (collective)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_sum(value).item() > 0)
+
+
+def teardown(engine=None) -> None:
+    """Release the engine and the process group (ZeRO-3 runs could abort at exit without this)."""
+    import torch.distributed as dist
+
+    if engine is not None:
+        try:
+            engine.destroy()
+        except Exception:  # best effort on the way out
+            pass
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()

@@ -1,0 +1,61 @@
+"""``mdeq eval``: evaluate a trained checkpoint without DeepSpeed (any number of processes).
+
+The weights come from the checkpoint's consolidated ``model.pt`` (written by ``mdeq train`` with
+every checkpoint), so evaluation needs neither the training world size nor the optimizer files.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer import build
+from trainer.config import Config
+from trainer.distributed import launcher_world_size, setup_distributed, teardown
+from trainer.errors import TrainerError
+from trainer.evaluate import evaluate
+from trainer.transfer import read_weights
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float]:
+    """Metrics of the weights in ``checkpoint`` on ``data.val_shards`` (reduced over all ranks)."""
+    import data_pipelines as data
+
+    task = build.task_of(cfg)
+    spec = build.model_spec(cfg)
+    if spec.task != task:
+        raise TrainerError(f"model.name={cfg.model.name!r} is a {spec.task} model but data.dataset="
+                           f"{cfg.data.dataset!r} is {task}")
+    if not cfg.data.val_shards:
+        raise TrainerError("data.val_shards is empty: point it at validation shards, e.g. --set data.val_shards=DIR")
+    data.read_shard_set(cfg.data.val_shards)
+    payload = read_weights(checkpoint)  # before any process group: a bad path fails fast
+    num_classes = cfg.model.num_classes or data.num_classes_of(cfg.data.val_shards)
+    layout = setup_distributed(cfg.train.seed)
+    try:
+        model = build.build_model(cfg, num_classes)
+        state = payload["state_dict"]
+        own = model.state_dict()
+        mismatched = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+        if mismatched:
+            raise TrainerError(f"{payload['path']} does not fit model {cfg.model.name!r} with this config "
+                               f"({len(mismatched)} missing or differently shaped tensors, e.g. {mismatched[0]}); "
+                               f"it was saved from model {payload.get('model', '?')!r}: evaluate with that model's config")
+        model.load_state_dict({k: state[k] for k in own})
+        model.deq_options = build.deq_options(cfg, spec)
+        dtype = DTYPES[cfg.deepspeed.precision]
+        model.to(layout.device, dtype=dtype)
+        loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
+                                        **build.eval_loader_args(cfg, layout.rank, layout.world_size))
+        result = evaluate(model, loader, task=task, num_classes=num_classes, device=layout.device, dtype=dtype,
+                          pretrain=bool(cfg.model.weight_tied_layers), max_batches=cfg.data.eval_max_batches)
+        metrics = dict(result.metrics)
+        metrics["step"] = payload.get("step", -1)
+        return metrics
+    finally:
+        teardown()
+
+
+def world_size() -> int:
+    return launcher_world_size()
