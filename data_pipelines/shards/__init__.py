@@ -1,0 +1,1 @@
+"""Shard writing (crash-safe, restartable) and shard listing/indexing."""

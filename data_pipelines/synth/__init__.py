@@ -1,0 +1,1 @@
+"""Synthetic data written in the raw on-disk layouts of ImageNet and Cityscapes (``mdeq synth``)."""
