@@ -153,9 +153,12 @@ class MachineCapacity:
 
 def machine_capacity() -> MachineCapacity:
     """GPUs (when CUDA is present) and the CPU cores this process may run on."""
-    import torch
+    gpus = 0
+    # Importing torch costs seconds on every node: ask it only where an NVIDIA device node exists.
+    if any(Path("/dev").glob("nvidia[0-9]*")):
+        import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return MachineCapacity(gpus=gpus, cpu_cores=cores)
 

@@ -45,6 +45,8 @@ class TorchrunNode:
     master_port: int = 29500
     max_restarts: int = 0
     monitor_interval: float = 1.0
+    # seconds workers get to checkpoint after SIGTERM/SIGUSR1 before torchrun kills them
+    shutdown_timeout: int = 60
     python: str = field(default_factory=lambda: sys.executable)
 
     @property
@@ -62,6 +64,9 @@ class TorchrunNode:
         cmd += ["--nproc-per-node", str(self.nproc_per_node),
                 "--max-restarts", str(self.max_restarts),
                 "--monitor-interval", f"{self.monitor_interval:g}",
+                # SIGUSR1 is SLURM's early warning before the time limit: forward it so ranks checkpoint
+                "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                "--shutdown-timeout", str(self.shutdown_timeout),
                 "-m", *self.program.module_args()]
         return cmd
 

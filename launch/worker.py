@@ -74,6 +74,20 @@ class RankLogTee:
         self.file.close()
 
 
+def environment_from_slurm(environ: dict[str, str] | os._Environ = os.environ) -> dict[str, str]:
+    """torch.distributed's variables from those srun sets for each task (one task per process)."""
+    missing = [n for n in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT")
+               if n not in environ]
+    if missing:
+        raise SystemExit(f"launch.worker --from-slurm: {', '.join(missing)} not set (run it under srun from the "
+                         "script `mdeq launch slurm --mode srun` writes)")
+    # SLURM_TASKS_PER_NODE looks like "2(x3)" or "2,1": this node's entry is the local world size
+    per_node = environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1").split("(")[0].split(",")[0]
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": environ["SLURM_NTASKS"],
+            "LOCAL_RANK": environ["SLURM_LOCALID"], "LOCAL_WORLD_SIZE": per_node,
+            "GROUP_RANK": environ.get("SLURM_NODEID", "0"), "NODE_RANK": environ.get("SLURM_NODEID", "0")}
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         cut = argv.index("--")
@@ -83,11 +97,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m launch.worker")
     parser.add_argument("--log-dir", default=None, help="write rank-<RANK>.log here")
     parser.add_argument("--script", default=None, help="run this Python file instead of the mdeq command")
+    parser.add_argument("--from-slurm", action="store_true",
+                        help="take RANK/WORLD_SIZE/LOCAL_RANK from srun's SLURM_* variables")
     return parser.parse_args(own), program
 
 
 def run(argv: list[str]) -> int:
     args, program = parse_args(argv)
+    if args.from_slurm:
+        os.environ.update(environment_from_slurm())
     tee = RankLogTee(Path(args.log_dir) / f"rank-{rank_from_environment()}.log") if args.log_dir else None
     code = 1
     try:
