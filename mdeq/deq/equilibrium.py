@@ -57,12 +57,12 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
         raise MDEQError(f"solve_equilibrium mode={mode!r} is unknown; use equilibrium or unrolled")
     if z0.dim() != 2 or sum(branch_sizes) != z0.shape[1]:
         raise MDEQError(f"z0 must be (batch, sum(branch_sizes)={sum(branch_sizes)}), got {tuple(z0.shape)}")
-    step = _Step(f, f_args, options.compute_dtype, z0.dtype)
+    step = _Step(f, f_args, _compute_dtype(options.compute_dtype, z0.device.type), z0.dtype)
     if mode == "unrolled":
         return _unrolled(step, z0, options.unrolled_steps, branch_sizes)
     if options.grad_mode == "unrolled":
         return _unrolled(step, z0, options.f_max_iter, branch_sizes)
-    with torch.no_grad():
+    with torch.no_grad(), _no_autocast(z0.device.type):
         z_star, f_stats = get_solver(options.f_solver)(
             step, z0.detach(), max_iter=options.f_max_iter, tol=options.f_tol, stop_mode=options.stop_mode,
             history=options.history, state_dtype=options.state_dtype, branch_sizes=branch_sizes,
@@ -88,18 +88,31 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
     return z_out, stats
 
 
+def _compute_dtype(requested: torch.dtype | None, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of f: the requested one, else the caller's autocast (if any), else none."""
+    if requested is not None:
+        return None if requested in (torch.float32, torch.float64) else requested
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Solver arithmetic (norms, inner products, low-rank updates) never runs under autocast."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 class _Step:
-    """f(z, *f_args) under the configured autocast, returned in the state's dtype (B, D)."""
+    """f(z, *f_args) under autocast in ``compute_dtype`` (None: plain), returned as (B, D) ``out_dtype``."""
 
     def __init__(self, f: torch.nn.Module, f_args: tuple, compute_dtype: torch.dtype | None,
                  out_dtype: torch.dtype) -> None:
-        self.f, self.f_args, self.out_dtype = f, f_args, out_dtype
-        self.autocast = compute_dtype is not None and compute_dtype not in (torch.float32, torch.float64)
-        self.compute_dtype = compute_dtype
+        self.f, self.f_args, self.out_dtype, self.compute_dtype = f, f_args, out_dtype, compute_dtype
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        ctx = (torch.autocast(device_type=z.device.type, dtype=self.compute_dtype) if self.autocast
-               else contextlib.nullcontext())
+        device_type = z.device.type
+        ctx = (torch.autocast(device_type=device_type, dtype=self.compute_dtype) if self.compute_dtype
+               else torch.autocast(device_type=device_type, enabled=False))
         with ctx:
             out = self.f(z.to(self.out_dtype), *self.f_args)
         return out.to(self.out_dtype)
@@ -121,7 +134,7 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
                 return vjp.to(g.dtype) + grad_work
 
             grad_work = grad.detach().to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
-            with torch.enable_grad():
+            with torch.enable_grad(), _no_autocast(grad.device.type):
                 g, b_stats = solver(adjoint_map, torch.zeros_like(grad_work), max_iter=options.b_max_iter,
                                     tol=options.b_tol, stop_mode=options.stop_mode, history=options.history,
                                     state_dtype=options.state_dtype, branch_sizes=branch_sizes,
