@@ -1,0 +1,237 @@
+"""Committed, exactly resumable DeepSpeed checkpoints (see ``trainer.checkpoint`` for the API)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.checkpoint import store
+from trainer.checkpoint.compat import check_compatible
+from trainer.checkpoint.files import atomic_write_json, describe_files, install_safe_loader
+from trainer.checkpoint.rng import capture_rng_state, restore_rng_state
+from trainer.config.schema import CheckpointConfig
+from trainer.errors import TrainerError
+from trainer.fault.collectives import any_rank, barrier, broadcast_from_rank0
+
+log = logging.getLogger(__name__)
+
+# Test-only fault injection: "STEP" or "STEP:RANK" makes that rank die (os._exit) in the middle of
+# the save at STEP: after DeepSpeed wrote its files, before the commit marker.
+CRASH_IN_SAVE_ENV = "MDEQ_TEST_CRASH_IN_SAVE"
+CRASH_IN_SAVE_EXIT_CODE = 86
+
+
+def _zero_stage(engine: Any) -> int:
+    try:
+        return int(engine.zero_optimization_stage())
+    except (AttributeError, TypeError):
+        return 0
+
+
+def weights_finite(engine: Any) -> bool:
+    """True when this rank's share of the weights (and fp32 master copies, if any) is finite."""
+    tensors: list[torch.Tensor] = []
+    for param in engine.module.parameters():
+        local = getattr(param, "ds_tensor", None)  # ZeRO-3: the local partition
+        tensors.append(local if local is not None and param.numel() == 0 else param.data)
+    optimizer = getattr(engine, "optimizer", None)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups_flat_partition"):
+        for tensor in getattr(optimizer, name, None) or []:
+            if isinstance(tensor, torch.Tensor):
+                tensors.append(tensor)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.numel())
+
+
+class Checkpointer:
+    """Saves committed checkpoints and finds/loads the one to resume from.
+
+    One instance per rank, built from ``cfg`` (the ``checkpoint`` config section). ``config`` is the
+    resolved run config as a plain dict (``dataclasses.asdict(cfg)``): it is stored in every marker
+    and compared on resume to refuse breaking changes.
+    """
+
+    def __init__(self, cfg: CheckpointConfig, *, rank: int, world_size: int, config_hash: str,
+                 config: dict[str, Any] | None = None, best_mode: str | None = None):
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.config_hash = config_hash
+        self.config = config
+        self.best_mode = best_mode or getattr(cfg, "best_mode", "max")
+        self.root = Path(cfg.dir)
+        self._last_save_time = time.monotonic()
+        self.last_committed: store.ResumePoint | None = None
+
+    check_compatible = staticmethod(check_compatible)  # (saved_config, config): raises naming breaking keys
+
+    # ------------------------------------------------------------------------------------------
+    # Resume
+
+    def find_resume(self) -> store.ResumePoint | None:
+        """The checkpoint to resume from, honouring ``cfg.resume`` (collective when distributed).
+
+        ``never``: None. ``auto``: the newest committed checkpoint in ``cfg.dir`` whose files all
+        verify; uncommitted or damaged ones are skipped with a warning; None when there is none.
+        A path (a ``step_*`` directory, or a directory of them): that checkpoint, or TrainerError.
+        Rank 0 scans and broadcasts its choice so every rank loads the same one. Raises
+        TrainerError naming the keys when the saved config cannot be resumed by this config.
+        """
+        if self.cfg.resume == "never":
+            return None
+        found: dict[str, Any] | None = None
+        error: str | None = None
+        if self.rank == 0:
+            try:
+                point = self._scan()
+                found = dataclasses.asdict(point) if point is not None else None
+            except TrainerError as err:
+                error = str(err)
+        found, error = broadcast_from_rank0((found, error))
+        if error:
+            raise TrainerError(error)
+        if found is None:
+            return None
+        point = store.ResumePoint(**found)
+        if self.config is not None and point.config is not None and point.config_hash != self.config_hash:
+            check_compatible(point.config, self.config)
+        return point
+
+    def _scan(self) -> store.ResumePoint | None:
+        check_hash = getattr(self.cfg, "verify_hash", True)
+        if self.cfg.resume == "auto":
+            return store.newest_valid(self.root, check_hash=check_hash)
+        path = Path(self.cfg.resume)
+        if not path.is_dir():
+            raise TrainerError(f"checkpoint.resume={self.cfg.resume!r}: no such directory; give a step_* "
+                               "checkpoint directory, a directory of them, 'auto' or 'never'")
+        if store.list_tag_dirs(path):  # a directory of checkpoints: the newest valid one
+            point = store.newest_valid(path, check_hash=check_hash)
+            if point is None:
+                raise TrainerError(f"checkpoint.resume={self.cfg.resume!r}: no committed, readable checkpoint "
+                                   "in it (see the warnings above)")
+            return point
+        try:
+            return store.verify(path, check_hash=check_hash)
+        except store.InvalidCheckpoint as why:
+            raise TrainerError(f"checkpoint.resume={self.cfg.resume!r} cannot be used: {why}") from None
+
+    def load(self, engine: Any, point: store.ResumePoint) -> dict[str, Any]:
+        """Load ``point`` into ``engine`` (collective); restore this rank's RNG; return its client state.
+
+        Same world size: the returned dict is exactly the ``client_state`` this rank saved, and the
+        python/numpy/torch/CUDA RNGs are as they were at the save. Different world size: the dict is
+        rank 0's client state without ``loader_state`` plus ``resumed_from_world_size``; RNGs are
+        not restored (there is no per-rank correspondence) - see docs/fault-tolerance.md.
+        DeepSpeed's files are read with ``weights_only=True`` (see ``files.install_safe_loader``).
+        """
+        install_safe_loader(engine)
+        load_dir, tag = point.parent, point.tag
+        if point.world_size != self.world_size and point.zero_stage >= 1:
+            from trainer.checkpoint.universal import prepare_universal
+
+            load_dir, tag = prepare_universal(engine, point, rank=self.rank)
+        load_path, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise TrainerError(f"DeepSpeed could not load checkpoint {point.path}; see its log above")
+        tag_dir = Path(point.path)
+        if point.world_size == self.world_size:
+            saved = json.loads((tag_dir / store.client_file(self.rank)).read_text())
+            restore_rng_state(saved["rng"])
+            client_state = saved["client_state"]
+        else:
+            saved = json.loads((tag_dir / store.client_file(0)).read_text())
+            client_state = {k: v for k, v in saved["client_state"].items() if k != "loader_state"}
+            client_state["resumed_from_world_size"] = point.world_size
+            log.warning("resuming a %d-process checkpoint with %d processes: per-rank loader and RNG states "
+                        "are not restored", point.world_size, self.world_size)
+        self.last_committed = point
+        self._last_save_time = time.monotonic()
+        return client_state
+
+    # ------------------------------------------------------------------------------------------
+    # Save
+
+    def should_save(self, step: int) -> bool:
+        """True when ``step`` is due (every ``cfg.every_steps`` steps, or ``cfg.every_minutes`` since
+        the last save). Collective when ``every_minutes > 0`` (rank 0's clock decides for all)."""
+        due = self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0
+        if self.cfg.every_minutes > 0:
+            late = (time.monotonic() - self._last_save_time) >= 60.0 * self.cfg.every_minutes
+            due = broadcast_from_rank0(due or late)
+        return bool(due)
+
+    def save(self, engine: Any, step: int, client_state: dict[str, Any], metric: float | None = None) -> bool:
+        """Write and commit checkpoint ``step_<step>`` (collective: every rank, same step).
+
+        ``client_state`` is this rank's JSON-able state from the loop (global step, epoch, its
+        ``loader_state``, MLflow run id, best metric, ...); the checkpointer adds this rank's RNG states
+        and the config hash. Commit = every rank finished writing (barrier), then rank 0 writes
+        the marker atomically, then a barrier. Afterwards rank 0 applies retention (keep_last +
+        best). Returns False (nothing written) when ``step`` is already committed. Raises
+        TrainerError when any rank's weights are non-finite: such a state is never saved.
+        """
+        try:
+            json.dumps(client_state)
+        except (TypeError, ValueError) as err:
+            raise TrainerError(f"client_state must be JSON-serialisable (it is never pickled): {err}") from None
+        if metric is not None and not math.isfinite(metric):
+            metric = None
+        if any_rank(not weights_finite(engine)):
+            raise TrainerError(f"refusing to save checkpoint at step {step}: the weights contain NaN/Inf "
+                               "(the divergence guard should have skipped that update)")
+        tag = store.tag_for_step(step)
+        tag_dir = self.root / tag
+        skip = False
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if store.is_committed(tag_dir):
+                skip = True
+            elif tag_dir.exists():
+                log.warning("removing unfinished checkpoint %s before saving it again", tag_dir)
+                store.remove_checkpoint(tag_dir)
+        if broadcast_from_rank0(skip):
+            return False
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"mdeq_step": step}, save_latest=False)
+        (tag_dir / store.CLIENT_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(tag_dir / store.client_file(self.rank), {
+            "rank": self.rank, "world_size": self.world_size, "step": step,
+            "client_state": client_state, "rng": capture_rng_state(),
+        })
+        self._maybe_crash(step)
+        barrier()  # every rank's files are on disk
+        if self.rank == 0:
+            marker = {
+                "format_version": store.FORMAT_VERSION, "tag": tag, "step": step,
+                "world_size": self.world_size, "zero_stage": _zero_stage(engine),
+                "config_hash": self.config_hash, "config": self.config, "metric": metric,
+                "client_state": client_state, "committed_at": time.time(),
+                "files": describe_files(tag_dir, with_hash=getattr(self.cfg, "verify_hash", True)),
+            }
+            atomic_write_json(tag_dir / store.MARKER, marker)
+            deleted = store.apply_retention(self.root, self.cfg.keep_last, self.cfg.keep_best, self.best_mode)
+            if deleted:
+                log.info("retention deleted %s", ", ".join(d.name for d in deleted))
+        barrier()  # nobody exits (e.g. on preemption) before the marker is written
+        self._last_save_time = time.monotonic()
+        self.last_committed = store.ResumePoint(
+            path=str(tag_dir), tag=tag, step=step, world_size=self.world_size, zero_stage=_zero_stage(engine),
+            config_hash=self.config_hash, config=self.config, metric=metric, client_state=client_state)
+        return True
+
+    def _maybe_crash(self, step: int) -> None:
+        spec = os.environ.get(CRASH_IN_SAVE_ENV)
+        if not spec:
+            return
+        at_step, _, at_rank = spec.partition(":")
+        if int(at_step) == step and int(at_rank or 0) == self.rank:
+            log.error("%s=%s: dying in the middle of the save (test fault injection)", CRASH_IN_SAVE_ENV, spec)
+            os._exit(CRASH_IN_SAVE_EXIT_CODE)

@@ -1,0 +1,109 @@
+"""File-level helpers: atomic writes, content digests, and a no-unpickling safety scan.
+
+DeepSpeed 0.19.8 reads its checkpoint files with ``torch.load(..., weights_only=False)`` (its
+``TorchCheckpointEngine.load``), i.e. full unpickling. ``install_safe_loader`` swaps that method on
+an engine for ``weights_only=True`` with the two DeepSpeed classes its files need allow-listed, and
+``unsafe_globals`` lists what a file would import without executing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Classes DeepSpeed pickles into its ZeRO optimizer files (an Enum, plain attribute holders).
+# Restoring them with weights_only=True sets attributes only: it runs no code from the file.
+DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",  # a two-int dataclass
+)
+
+
+def _safe_global_objects() -> list[Any]:
+    import importlib
+
+    objects = []
+    for dotted in DEEPSPEED_SAFE_GLOBALS:
+        module_name, _, name = dotted.rpartition(".")
+        try:
+            objects.append(getattr(importlib.import_module(module_name), name))
+        except (ImportError, AttributeError):
+            continue  # another DeepSpeed version: whatever is missing cannot be in its files either
+    return objects
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename/creation in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path, with_hash: bool) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": bytes, "sha256": hex or None}}`` for every file under ``root``."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path) if with_hash else None}
+    return out
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """Globals a torch file would import beyond ``weights_only`` defaults and DeepSpeed's safe ones.
+
+    Reads only the pickle opcodes (no tensor data, no code run); raises on an unreadable file.
+    """
+    found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    return [name for name in found if name not in DEEPSPEED_SAFE_GLOBALS]
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` and only DeepSpeed's plain classes allowed."""
+    with torch.serialization.safe_globals(_safe_global_objects()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def install_safe_loader(engine: Any) -> None:
+    """Make ``engine.load_checkpoint`` read files with ``weights_only=True`` (idempotent)."""
+    checkpoint_engine = engine.checkpoint_engine
+    if getattr(checkpoint_engine, "_mdeq_safe", False):
+        return
+    checkpoint_engine.load = lambda path, map_location=None: safe_torch_load(path, map_location)
+    checkpoint_engine._mdeq_safe = True
