@@ -45,36 +45,53 @@ LossCallback = Callable[[str, int, str], None]
 
 
 def reader_stream(urls: list[str], counts: list[int] | None, shard_ids: list[int], *, seed: int, epoch: int,
-                  reader: int, wanted: frozenset[str], on_loss: LossCallback) -> Iterator[RawSample]:
-    """Endless raw samples of one reader: its shards, then again reshuffled, and so on."""
+                  reader: int, wanted: frozenset[str], buffer_size: int, on_loss: LossCallback
+                  ) -> Iterator[RawSample]:
+    """Endless raw samples of one reader: its shards through the shuffle buffer, then again
+    (reshuffled), and so on. Each pass is shuffled and flushed on its own, so the first pass holds
+    every sample of the reader's shards exactly once."""
     for repeat in range(1 << 30):
         ids = list(shard_ids)
         if repeat:
             random.Random(f"repeat/{seed}/{epoch}/{reader}/{repeat}").shuffle(ids)
+        rng = random.Random(f"buffer/{seed}/{epoch}/{reader}/{repeat}")
         yielded = 0
-        for shard in ids:
-            url = urls[shard]
-            expected = counts[shard] if counts else None
-            try:
-                stream = open_with_retries(url)
-            except OSError as err:
-                on_loss(url, expected or 1, f"unreadable shard: {err}")
-                continue
-            read = 0
-            try:
-                with stream:
-                    for sample in iter_tar_samples(stream, url, wanted):
-                        read += 1
-                        yield sample
-            except TruncatedShard as err:
-                on_loss(url, max(1, (expected or 0) - read), f"truncated shard after {read} samples: {err}")
-            else:
-                if expected is not None and read < expected:
-                    on_loss(url, expected - read, f"shard holds {read} samples, its index says {expected}")
-            yielded += read
+        # losses are reported in the first pass only: a repeat pass loses the same samples again
+        report = on_loss if repeat == 0 else _ignore_loss
+        for sample in shuffle_buffer(_read_pass(urls, counts, ids, wanted, report), buffer_size, rng):
+            yielded += 1
+            yield sample
         if yielded == 0:
             raise DataError(f"reader {reader} found no readable sample in its {len(ids)} shards "
                             f"(first: {urls[ids[0]] if ids else '-'}); check the shards with `tar tf`")
+
+
+def _ignore_loss(url: str, lost: int, reason: str) -> None:
+    pass
+
+
+def _read_pass(urls: list[str], counts: list[int] | None, ids: list[int], wanted: frozenset[str],
+               on_loss: LossCallback) -> Iterator[RawSample]:
+    for shard in ids:
+        url = urls[shard]
+        expected = counts[shard] if counts else None
+        try:
+            stream = open_with_retries(url)
+        except OSError as err:
+            on_loss(url, expected or 1, f"unreadable shard: {err}")
+            continue
+        read = 0
+        try:
+            with stream:
+                for sample in iter_tar_samples(stream, url, wanted):
+                    read += 1
+                    yield sample
+        except TruncatedShard as err:
+            on_loss(url, max(1, (expected or 0) - read), f"truncated shard after {read} samples: {err}")
+        else:
+            if expected is not None and read < expected:
+                on_loss(url, expected - read, f"shard ended after {read} of the {expected} samples its index lists "
+                                             "(truncated?)")
 
 
 def shuffle_buffer(samples: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:

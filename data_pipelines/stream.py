@@ -79,16 +79,15 @@ class _EpochReader(IterableDataset):
         shard_ids = order.reader_shards(len(plan.urls), plan.seed, epoch, reader, readers)
         raw = order.reader_stream(list(plan.urls), list(plan.counts) if plan.counts else None, shard_ids,
                                   seed=plan.seed, epoch=epoch, reader=reader, wanted=plan.decode.wanted,
-                                  on_loss=on_loss)
-        stream = order.shuffle_buffer(raw, plan.shuffle_buffer, order.sample_rng(plan.seed, epoch, reader, -1))
+                                  buffer_size=plan.shuffle_buffer, on_loss=on_loss)
         ahead: deque = deque()  # samples read ahead to replace bad ones; still to be consumed in order
 
         def take():
-            return ahead.popleft() if ahead else next(stream)
+            return ahead.popleft() if ahead else next(raw)
 
         def peek(i: int):
             while len(ahead) <= i:
-                ahead.append(next(stream))
+                ahead.append(next(raw))
             return ahead[i]
 
         try:
@@ -154,11 +153,14 @@ class TrainStream:
         self.samples_seen = 0
 
     def __iter__(self) -> Iterator[tuple]:
+        """Batches forever; the position advances as each batch is handed out (one iterator at a time)."""
         plan = self.plan
         while True:
-            expected = self.steps_per_epoch - self.step_in_epoch
-            reader = _EpochReader(plan, self.epoch, self.step_in_epoch)
-            loader = DataLoader(reader, batch_size=None, num_workers=plan.workers,
+            epoch, start = self.epoch, self.step_in_epoch
+            if start >= self.steps_per_epoch:  # a state saved right after an epoch's last batch
+                self.epoch, self.step_in_epoch = epoch + 1, 0
+                continue
+            loader = DataLoader(_EpochReader(plan, epoch, start), batch_size=None, num_workers=plan.workers,
                                 prefetch_factor=4 if plan.workers else None, pin_memory=torch.cuda.is_available())
             received = 0
             for batch in loader:
@@ -166,16 +168,19 @@ class TrainStream:
                     raise DataError(batch["error"])
                 received += 1
                 self._account(batch)
-                self.step_in_epoch += 1
+                # position of the NEXT batch: roll over to the next epoch as soon as this one is complete
+                if start + received == self.steps_per_epoch:
+                    self.epoch, self.step_in_epoch = epoch + 1, 0
+                else:
+                    self.step_in_epoch = start + received
                 targets = batch["targets"]
                 if targets.dtype == torch.uint8:
                     targets = targets.long()  # (B, H, W) int64, 255 = ignore
                 out = (normalize(batch["images"]), targets)
                 yield out + (batch["keys"],) if plan.with_keys else out
-            if received != expected:
-                raise DataError(f"epoch {self.epoch} of rank {plan.rank} gave {received} batches, expected {expected}")
-            self.epoch += 1
-            self.step_in_epoch = 0
+            if start + received != self.steps_per_epoch:
+                raise DataError(f"epoch {epoch} of rank {plan.rank} gave {start + received} batches, expected "
+                                f"{self.steps_per_epoch}")
 
     def _account(self, batch: dict) -> None:
         self.samples_seen += self.plan.batch_size

@@ -36,6 +36,11 @@ class ShardSet:
     image_size: list[int] | None = None  # [W, H] when every image has that size (Cityscapes)
 
     @property
+    def shards(self) -> list[str]:
+        """Alias of ``urls``."""
+        return self.urls
+
+    @property
     def total_samples(self) -> int:
         if self.counts is None:
             raise DataError(f"sample counts of {self.spec} are unknown; call with_counts() first")

@@ -106,6 +106,8 @@ def write_shards(out: str | os.PathLike, *, split: str, items: Sequence, make_sa
         if existing.get("split") != split or existing.get("dataset") != dataset:
             raise DataError(f"{out_dir} already holds {existing.get('dataset')} {existing.get('split')} shards; "
                             f"write each split into its own directory (e.g. {out_dir.parent}/{split})")
+    for stale in out_dir.glob(".*.partial-*"):  # left by a crashed run: never renamed, never indexed
+        stale.unlink()
     jobs = []
     for start in range(0, len(items), samples_per_shard):
         name = f"{split}-{start // samples_per_shard:06d}.tar"
