@@ -226,3 +226,15 @@ def test_should_save_every_steps(tmp_path):
     assert not timed.should_save(1)
     time.sleep(0.1)
     assert timed.should_save(2)
+
+
+@pytest.mark.timeout(60)
+def test_extra_files_written_during_save_are_committed_and_verified(tmp_path):
+    cfg = ckpt_cfg(tmp_path)
+    engine = make_engine()
+    ckpt = checkpointer(cfg)
+    ckpt.save(engine, 1, {"step": 1}, write_extra=lambda d: torch.save({"w": torch.ones(2)}, d / "model.pt"))
+    marker = json.loads((ckpt.tag_dir(1) / store.MARKER).read_text())
+    assert "model.pt" in marker["files"] and marker["files"]["model.pt"]["sha256"]
+    (ckpt.tag_dir(1) / "model.pt").write_bytes(b"garbage")
+    assert checkpointer(cfg).find_resume() is None  # the only checkpoint no longer verifies

@@ -14,7 +14,8 @@ API the training loop calls (every rank; the calls marked collective on all rank
                                                # client_state this rank saved (step, epoch, loader_state, ...)
     ...each optimizer step, after the update...
     if ckpt.should_save(step):                 # collective only when every_minutes > 0
-        ckpt.save(engine, step, client_state, metric=None)   # collective; commits; applies retention
+        ckpt.save(engine, step, client_state, metric=None,   # collective; commits; applies retention
+                  write_extra=lambda tag_dir: ...)   # optional: extra files (model.pt) inside the commit
     ...end of training: ckpt.save(engine, final_step, client_state)  (no-op if already committed)
 
 ``client_state`` must be JSON-serialisable (it is never pickled). Put the per-rank data position

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +170,23 @@ class Checkpointer:
             due = broadcast_from_rank0(due or late)
         return bool(due)
 
-    def save(self, engine: Any, step: int, client_state: dict[str, Any], metric: float | None = None) -> bool:
+    def tag_dir(self, step: int) -> Path:
+        """The directory checkpoint ``step`` is (or will be) written to."""
+        return self.root / store.tag_for_step(step)
+
+    def save(self, engine: Any, step: int, client_state: dict[str, Any], metric: float | None = None,
+             write_extra: Callable[[Path], None] | None = None) -> bool:
         """Write and commit checkpoint ``step_<step>`` (collective: every rank, same step).
 
         ``client_state`` is this rank's JSON-able state from the loop (global step, epoch, its
         ``loader_state``, MLflow run id, best metric, ...); the checkpointer adds this rank's RNG states
         and the config hash. Commit = every rank finished writing (barrier), then rank 0 writes
         the marker atomically, then a barrier. Afterwards rank 0 applies retention (keep_last +
-        best). Returns False (nothing written) when ``step`` is already committed. Raises
+        best). ``write_extra(tag_dir)``, if given, is called on every rank after DeepSpeed's files are
+        written and before the commit (e.g. a consolidated ``model.pt`` written by rank 0): its files
+        are part of the checkpoint, listed and hashed in the marker, and deleted with it. Files put
+        into ``tag_dir`` before ``save`` are removed (an unfinished directory is cleared first).
+        Returns False (nothing written) when ``step`` is already committed. Raises
         TrainerError when any rank's weights are non-finite: such a state is never saved.
         """
         try:
@@ -189,7 +199,7 @@ class Checkpointer:
             raise TrainerError(f"refusing to save checkpoint at step {step}: the weights contain NaN/Inf "
                                "(the divergence guard should have skipped that update)")
         tag = store.tag_for_step(step)
-        tag_dir = self.root / tag
+        tag_dir = self.tag_dir(step)
         skip = False
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -201,6 +211,8 @@ class Checkpointer:
         if broadcast_from_rank0(skip):
             return False
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"mdeq_step": step}, save_latest=False)
+        if write_extra is not None:
+            write_extra(tag_dir)
         (tag_dir / store.CLIENT_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_json(tag_dir / store.client_file(self.rank), {
             "rank": self.rank, "world_size": self.world_size, "step": step,
