@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdeq.model.conv_bn import ConvBN
+
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> 1x1 (x4 expansion), BN without affine, 1x1 conv + BN projection shortcut.
 
-    Keys: conv{1,2,3}.weight, bn{1,2,3}.running_*, shortcut.0.weight, shortcut.1.*.
+    Keys: conv{1,2,3}.weight, bn{1,2,3}.running_*, shortcut.conv.weight, shortcut.bn.*.
     """
 
     expansion = 4
@@ -34,7 +36,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out, affine=False)
         self.shortcut = None
         if in_channels != out:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out, 1, bias=False), nn.BatchNorm2d(out))
+            self.shortcut = ConvBN(in_channels, out, 1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.shortcut(x) if self.shortcut is not None else x
@@ -42,17 +44,6 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return F.relu(out + residual)
-
-
-class ConvBiasBNReLU(nn.Sequential):
-    """conv (with bias) -> BN -> ReLU. Keys: 0.{weight,bias}, 1.*."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-        )
 
 
 class ClassificationHead(nn.Module):
@@ -63,9 +54,9 @@ class ClassificationHead(nn.Module):
         super().__init__()
         widths = [h * Bottleneck.expansion for h in head_channels]
         self.bottlenecks = nn.ModuleList([Bottleneck(c, h) for c, h in zip(channels, head_channels)])
-        self.downsamples = nn.ModuleList([ConvBiasBNReLU(widths[i], widths[i + 1], 3, stride=2)
+        self.downsamples = nn.ModuleList([ConvBN(widths[i], widths[i + 1], 3, stride=2, bias=True)
                                           for i in range(len(widths) - 1)])
-        self.final = ConvBiasBNReLU(widths[-1], final_channels, 1)
+        self.final = ConvBN(widths[-1], final_channels, 1, bias=True)
         self.classifier = nn.Linear(final_channels, num_classes)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -82,7 +73,7 @@ class SegmentationHead(nn.Module):
     def __init__(self, channels: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         total = sum(channels)
-        self.fuse = ConvBiasBNReLU(total, total, 1)
+        self.fuse = ConvBN(total, total, 1, bias=True)
         self.classifier = nn.Conv2d(total, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -14,29 +14,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mdeq.model.conv_bn import ConvBN
 from mdeq.model.spec import ModelSpec
 
 
-class ConvBNReLU(nn.Sequential):
-    """conv (no bias) -> BN -> ReLU. Keys: 0.weight, 1.{weight,bias,running_mean,running_var,...}."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-        )
-
-
 class Stem(nn.Module):
-    """(B, 3, H, W) -> (B, C_0, H / 2^d, W / 2^d). Keys: layers.{k}.0.weight, layers.{k}.1.*."""
+    """(B, 3, H, W) -> (B, C_0, H / 2^d, W / 2^d). Keys: layers.{k}.conv.weight, layers.{k}.bn.*."""
 
     def __init__(self, channels: int, downsample_times: int) -> None:
         super().__init__()
         d = downsample_times
-        stages = [ConvBNReLU(3, channels, 3, stride=2 if d >= 1 else 1),
-                  ConvBNReLU(channels, channels, 3, stride=2 if d >= 2 else 1)]
-        stages += [ConvBNReLU(channels, channels, 3, stride=2) for _ in range(d - 2)]
+        stages = [ConvBN(3, channels, 3, stride=2 if d >= 1 else 1),
+                  ConvBN(channels, channels, 3, stride=2 if d >= 2 else 1)]
+        stages += [ConvBN(channels, channels, 3, stride=2) for _ in range(d - 2)]
         self.layers = nn.Sequential(*stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,18 +36,18 @@ class Stem(nn.Module):
 class Injection(nn.Module):
     """Stem output -> the injection map(s) f adds in its blocks.
 
-    Keys: transform.{0,1}.* (absent when dropped), to_branch.{i-1}.{k}.{0,1}.* (injection="all").
+    Keys: transform.{conv,bn}.* (absent when dropped), to_branch.{i-1}.{k}.{conv,bn}.* (injection="all").
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         c0 = spec.channels[0]
         needs_transform = spec.downsample_times > 0 or spec.num_branches > 2
-        self.transform = ConvBNReLU(c0, c0, 1) if needs_transform else None
+        self.transform = ConvBN(c0, c0, 1) if needs_transform else None
         self.to_branch = None
         if spec.injection == "all":
             self.to_branch = nn.ModuleList([
-                nn.Sequential(*[ConvBNReLU(c0, spec.channels[i] if k == i - 1 else c0, 3, stride=2)
+                nn.Sequential(*[ConvBN(c0, spec.channels[i] if k == i - 1 else c0, 3, stride=2)
                                 for k in range(i)])
                 for i in range(1, spec.num_branches)])
 
