@@ -115,6 +115,8 @@ def run(argv: list[str]) -> int:
                 runpy.run_path(args.script, run_name="__main__")
                 code = 0
             except SystemExit as stop:
+                if stop.code is not None and not isinstance(stop.code, int):
+                    print(stop.code, file=sys.stderr)  # what the interpreter would print for sys.exit("msg")
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         else:
             from launch.cli.main import main
