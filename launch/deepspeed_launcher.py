@@ -55,6 +55,16 @@ def read_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
+def _is_local(address: str) -> bool:
+    from launch.preflight import check_master_is_local
+
+    try:
+        check_master_is_local(address)
+    except LaunchError:
+        return False
+    return True
+
+
 def register(forms: argparse._SubParsersAction, add_common) -> None:
     parser = forms.add_parser("deepspeed", help="the DeepSpeed launcher over a hostfile (ssh, or --no-ssh per node)")
     parser.add_argument("--hostfile", required=True, help="`HOST slots=N` per line")
@@ -111,10 +121,12 @@ def run(args: argparse.Namespace) -> int:
         print("".join(f"#   {line}\n" for line in deepspeed_env_file_text(env).splitlines()), end="")
         print(shell_lines(command, launcher_env, f"{len(hosts)} host(s), {world_size} ranks"), end="")
         return 0
-    this_rank = args.node_rank if args.no_ssh else 0
-    slots_here = hosts[this_rank].slots
+    master = args.master_addr or hosts[0].name
+    # With ssh the launcher may run on a login node: treat this host as node 0 only if it is the master.
+    this_rank = args.node_rank if args.no_ssh else (0 if _is_local(master) else 1)
+    slots_here = hosts[args.node_rank if args.no_ssh else 0].slots
     plan = NodePlan(world_size=world_size, nproc_per_node=slots_here, node_rank=this_rank,
-                    master_addr=args.master_addr or hosts[0].name, master_port=args.master_port,
+                    master_addr=master, master_port=args.master_port,
                     master_timeout=args.master_timeout)
     run_preflight(plan, program.args)
     os.makedirs(os.path.dirname(env_file), exist_ok=True)
