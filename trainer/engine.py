@@ -27,13 +27,17 @@ def ds_config(cfg: Config, grad_accum_steps: int) -> dict[str, Any]:
         "gradient_clipping": float(cfg.train.grad_clip),
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": precision == "bf16"},
-        # dynamic loss scaling (loss_scale 0) for fp16
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        # Mixed precision is torch autocast over fp32 parameters (DeepSpeed's "torch_autocast"), not
+        # DeepSpeed's bf16/fp16 modes, which cast the whole module: the DEQ keeps its solver state and
+        # GroupNorm in fp32 and runs f's convolutions in the low precision (deq.precision.compute).
+        # fp16 gets dynamic loss scaling from the GradScaler DeepSpeed attaches in this mode.
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # our own progress line replaces DeepSpeed's
         "wall_clock_breakdown": False,
     }
+    if precision in ("bf16", "fp16"):
+        config["torch_autocast"] = {"enabled": True, "dtype": {"bf16": "bfloat16", "fp16": "float16"}[precision]}
     return deep_merge(config, cfg.deepspeed.extra)
 
 
@@ -43,11 +47,18 @@ def build_engine(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Opt
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, grad_accum_steps),
                                            dist_init_required=False)
+    # With DeepSpeed's own bf16/fp16 modes (set through deepspeed.extra) parameters are cast but not
+    # buffers; BatchNorm refuses bf16 inputs with fp32 running statistics, so buffers follow.
+    dtype = engine_dtype(engine)
+    if dtype != torch.float32:
+        for buffer in engine.module.buffers():
+            if buffer.is_floating_point():
+                buffer.data = buffer.data.to(dtype)
     return engine
 
 
 def engine_dtype(engine) -> torch.dtype:
-    """The dtype the engine's module computes in (inputs are cast to it)."""
+    """The dtype of the engine's parameters (inputs are cast to it; fp32 under autocast)."""
     if engine.bfloat16_enabled():
         return torch.bfloat16
     if engine.fp16_enabled():

@@ -22,9 +22,9 @@ from trainer.preflight import preflight
 from trainer.progress import Progress
 from trainer.reporting import IntervalMeter, log_eval, log_final_artifacts
 from trainer.schedules import lr_at, set_lr
-from trainer.step import SampleLog, train_step
+from trainer.step import SampleLog, sample_log_enabled, train_step
 from trainer.tracking import Tracker
-from trainer.transfer import apply_init_from, config_hash, save_model_weights
+from trainer.transfer import WEIGHTS_NAME, apply_init_from, config_hash, gather_state_dict, write_weights
 
 
 @dataclass
@@ -64,7 +64,7 @@ def train(cfg: Config) -> TrainResult:
 def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResult:
     import data_pipelines as data
     from trainer.checkpoint import Checkpointer
-    from trainer.fault import DivergenceGuard, PreemptionHandler
+    from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard, PreemptionHandler
 
     task, spec = plan.task, plan.spec
     model = build.build_model(cfg, plan.num_classes)  # same seed on every rank: identical init
@@ -78,22 +78,24 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
     dtype = engine_dtype(engine)
 
     stream = data.build_train_stream(cfg.data.dataset, cfg.data.train_shards,
-                                     **build.train_stream_args(cfg, layout.rank, layout.world_size))
+                                     **build.train_stream_args(cfg, layout.rank, layout.world_size),
+                                     with_keys=sample_log_enabled())
     eval_loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
                                          **build.eval_loader_args(cfg, layout.rank, layout.world_size))
     resolved = config_to_dict(cfg)
     checkpointer = Checkpointer(cfg.checkpoint, rank=layout.rank, world_size=layout.world_size,
-                                config_hash=config_hash(resolved))
+                                config_hash=config_hash(resolved), config=resolved)
+    guard = DivergenceGuard(max_bad_steps=cfg.train.max_bad_steps, on_divergence=cfg.train.on_divergence)
     start_step, best_metric, run_id = 0, None, None
-    point = checkpointer.find_resume()
+    point = checkpointer.find_resume()  # collective; refuses breaking config changes naming the keys
     if point is not None:
-        client_state = checkpointer.load(engine, point)
-        checkpointer.check_compatible(client_state.get("config", {}), resolved)
-        start_step = int(client_state["step"])
-        best_metric = client_state.get("best_metric")
-        run_id = client_state.get("mlflow_run_id")
-        if client_state.get("loader") is not None:
-            stream.load_state_dict(client_state["loader"])
+        state = checkpointer.load(engine, point)
+        start_step = int(state["step"])
+        best_metric = state.get("best_metric")
+        run_id = state.get("mlflow_run_id")
+        guard.load_state_dict(state.get("guard", {}))
+        if state.get("loader_state") is not None:
+            stream.load_state_dict(state["loader_state"])
     out_dir = output_dir_of(cfg)
     if layout.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,9 +104,7 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
                            tags={"task": task, "model": cfg.model.name, "world_size": str(layout.world_size)})
     tracker.log_text(dump_config(cfg), "config/resolved.yaml")
 
-    preemption = PreemptionHandler(grace_seconds=cfg.checkpoint.grace_seconds)
-    preemption.install()
-    guard = DivergenceGuard(max_bad_steps=cfg.train.max_bad_steps, on_divergence=cfg.train.on_divergence)
+    preemption = PreemptionHandler(grace_seconds=cfg.checkpoint.grace_seconds).install()
     pretrain_steps = build.pretrain_steps(cfg, spec)
     weight_tied = bool(cfg.model.weight_tied_layers)
     max_steps = cfg.train.max_steps
@@ -120,12 +120,17 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
     last_eval: dict[str, float] = {}
 
     def client_state(step: int) -> dict:
-        return {"step": step, "epoch": stream.epoch, "loader": stream.state_dict(), "mlflow_run_id": run_id,
-                "best_metric": best_metric, "config": resolved}
+        return {"step": step, "epoch": stream.epoch, "loader_state": stream.state_dict(), "mlflow_run_id": run_id,
+                "best_metric": best_metric, "guard": guard.state_dict()}
+
+    def write_weights_into(tag_dir: Path, step: int) -> None:
+        state = gather_state_dict(engine)  # collective under ZeRO-3
+        if state is not None:
+            write_weights(state, tag_dir / WEIGHTS_NAME, model=cfg.model.name, task=task, step=step)
 
     def save(step: int, metric: float | None) -> None:
-        save_model_weights(engine, checkpointer, step, is_main=layout.is_main)
-        checkpointer.save(engine, step, client_state(step), metric=metric)
+        checkpointer.save(engine, step, client_state(step), metric=metric,
+                          write_extra=lambda tag_dir: write_weights_into(tag_dir, step))
 
     step = start_step
     while step < max_steps:
@@ -135,7 +140,7 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
         outcome = train_step(engine, batches, step=step, task=task, pretrain=pretrain,
                              accum=plan.batching.grad_accum_steps, dtype=dtype, device=layout.device,
                              label_smoothing=cfg.train.label_smoothing,
-                             inject_nan=cfg.train.inject_nan_at_step == step, sample_log=sample_log, stream=stream)
+                             inject_nan=cfg.train.inject_nan_at_step == step, sample_log=sample_log)
         verdict = guard.observe(loss_finite=outcome.loss_finite, grads_finite=outcome.grads_finite,
                                 protective_break=outcome.protective_break)
         if verdict == "rollback":
@@ -146,13 +151,15 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
                                    "enable checkpoint.every_steps")
             state = checkpointer.load(engine, point)
             step = int(state["step"])
-            stream.load_state_dict(state["loader"])
+            if state.get("loader_state") is not None:
+                stream.load_state_dict(state["loader_state"])
             batches = iter(stream)
             progress.message(f"rolled back to step {step} after repeated non-finite steps")
             continue
         if verdict == "abort":
-            raise TrainerError(f"training diverged at step {step}: {cfg.train.max_bad_steps} consecutive non-finite "
-                               "steps; lower optim.lr, raise deq.f_max_iter or use train.on_divergence=rollback")
+            raise DivergenceError(f"training diverged at step {step}: {cfg.train.max_bad_steps} consecutive bad steps "
+                                  "(non-finite loss/gradients or solver protective breaks); lower optim.lr, raise "
+                                  "deq.f_max_iter or use train.on_divergence=rollback")
         step += 1
         meter.add(outcome, lr, pretrain, stream)
         if step % cfg.train.log_every == 0 or step == max_steps:
@@ -177,8 +184,6 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
         if step == max_steps or stop or checkpointer.should_save(step):
             save(step, last_eval.get("top1", last_eval.get("miou")) if eval_now else None)
         if stop and step < max_steps:
-            from trainer.fault import PREEMPTED_EXIT_CODE
-
             progress.message(f"preempted: checkpoint committed at step {step}; exiting with {PREEMPTED_EXIT_CODE}")
             tracker.end("KILLED")
             raise SystemExit(PREEMPTED_EXIT_CODE)

@@ -9,6 +9,7 @@ hang in ZeRO's collective backward.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class StepOutcome:
     data_seconds: float
     seconds: float
     solver: dict[str, float] = field(default_factory=dict)
+
+
+def sample_log_enabled() -> bool:
+    return bool(os.environ.get("MDEQ_SAMPLE_LOG"))
 
 
 class SampleLog:
@@ -65,23 +70,37 @@ def _solver_metrics(stats, prefix: str = "solver/") -> dict[str, float]:
     return out
 
 
+def _zero_grads_finite(engine) -> bool:
+    """Under ZeRO 0 the reduced gradients sit in ``p.grad``: check them before the update (collective)."""
+    from trainer.fault import grads_finite
+    from trainer.fault.collectives import any_rank
+
+    return not any_rank(not grads_finite(engine.module))
+
+
 def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: int, dtype: torch.dtype,
-               device: torch.device, label_smoothing: float, inject_nan: bool, sample_log: SampleLog,
-               stream=None) -> StepOutcome:
-    """Run ``accum`` micro-steps from the iterator ``batches`` and (unless skipped) one optimizer step."""
+               device: torch.device, label_smoothing: float, inject_nan: bool, sample_log: SampleLog) -> StepOutcome:
+    """Run ``accum`` micro-steps from the iterator ``batches`` and (unless skipped) one optimizer step.
+
+    A micro-step whose loss is non-finite, or whose solve hit a protective break, on any rank skips
+    the whole optimizer step (no rank runs backward for it). Under ZeRO 0 non-finite gradients are
+    caught before the update; under ZeRO 1-3 DeepSpeed's own overflow check drops such an update
+    and the non-finite global norm reports it.
+    """
     t0 = time.perf_counter()
     data_seconds = 0.0
     loss_total = 0.0
     samples = 0
     solver: dict[str, float] = {}
-    protective = False
     micro_steps_at_start = engine.micro_steps
-    skipped = False
+    loss_finite, protective, grads_ok = True, False, True
+    world = dist.get_world_size() if dist.is_initialized() else 1
     for micro in range(accum):
         t_data = time.perf_counter()
-        images, targets = next(batches)
+        batch = next(batches)
         data_seconds += time.perf_counter() - t_data
-        sample_log.write(step, micro, getattr(stream, "last_keys", None))
+        images, targets = batch[0], batch[1]
+        sample_log.write(step, micro, batch[2] if len(batch) > 2 else None)
         images = images.to(device, dtype=dtype, non_blocking=True)  # (B, 3, H, W)
         targets = targets.to(device, non_blocking=True)  # (B,) or (B, H, W)
         samples += images.shape[0]
@@ -92,36 +111,39 @@ def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: 
             loss = loss + stats.jac_loss.float()
         if inject_nan:
             loss = loss * float("nan")
-        protective = protective or bool(stats is not None and stats.protective_break)
-        # [loss sum over ranks, ranks with a non-finite loss]: one all-reduce decides for all ranks
-        value = loss.detach().float()
+        # [loss sum, ranks with a non-finite loss, ranks with a protective break]: one all-reduce
+        value = loss.detach().float().reshape(())
         finite = bool(torch.isfinite(value))
-        check = torch.stack([torch.where(torch.isfinite(value), value, torch.zeros_like(value)),
-                             torch.tensor(0.0 if finite else 1.0, device=value.device)]).to(device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        broke = bool(stats is not None and stats.protective_break and not pretrain)
+        check = torch.stack([value if finite else torch.zeros_like(value),
+                             torch.tensor(0.0 if finite else 1.0), torch.tensor(1.0 if broke else 0.0)]).to(device)
+        if world > 1:
             dist.all_reduce(check)
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if check[1].item() > 0:
-            skipped = True
+        loss_finite, protective = check[1].item() == 0, check[2].item() > 0
+        if not loss_finite or protective:
             break
         loss_total += check[0].item() / world
         engine.backward(loss)
         if stats is not None:
             solver = _solver_metrics(stats)  # after backward: b_nfe is filled in by the adjoint solve
+        if micro == accum - 1 and engine.zero_optimization_stage() == 0:
+            grads_ok = _zero_grads_finite(engine)
+            if not grads_ok:
+                break
         engine.step()
-    if skipped:
-        # No rank ran backward for the bad micro-step; drop what earlier micro-steps accumulated and
-        # put DeepSpeed's micro-step counter back so the next step's accumulation boundary is right.
+    applied = loss_finite and not protective and grads_ok
+    if not applied:
+        # Drop what earlier micro-steps accumulated and put DeepSpeed's micro-step counter back so
+        # the next step's accumulation boundary is where it belongs.
         engine.zero_grad()
         engine.micro_steps = micro_steps_at_start
-    grads_finite = True
-    if not skipped:
-        norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+    else:
+        norm = engine.get_global_grad_norm()
         if norm is not None:
             norm = float(norm)
-            grads_finite = norm == norm and norm != float("inf")
+            grads_ok = math.isfinite(norm)
             solver["train/grad_norm"] = norm
-    return StepOutcome(loss=loss_total / accum if not skipped else float("nan"), applied=not skipped,
-                       loss_finite=not skipped, grads_finite=grads_finite, protective_break=protective,
+    return StepOutcome(loss=loss_total / accum if applied else float("nan"), applied=applied and grads_ok,
+                       loss_finite=loss_finite, grads_finite=grads_ok, protective_break=protective,
                        samples=samples, data_seconds=data_seconds, seconds=time.perf_counter() - t0,
                        solver=solver)
