@@ -4,7 +4,7 @@ The API other packages call (names are stable; everything is importable from ``d
 
     build_train_stream(dataset, shards, *, batch_size, workers, rank, world_size, seed, image_size,
                        crop_size=None, scale_range=(0.5, 2.0), crop_scale=(0.08, 1.0), augment=True,
-                       shuffle_buffer=1000, max_bad_fraction=0.01, eval_resize=None) -> TrainStream
+                       shuffle_buffer=1000, max_bad_fraction=0.01, eval_resize=None, with_keys=False) -> TrainStream
 
         ``dataset`` is "imagenet" or "cityscapes"; ``shards`` a directory written by ``mdeq shards``
         (its ``index.json`` is read), a directory of ``*.tar`` in the community layout, a brace
@@ -13,6 +13,7 @@ The API other packages call (names are stable; everything is importable from ``d
         ``iter(stream)`` yields ``(images, targets)`` forever, epoch after epoch:
           images  (B, 3, H, W) float32, normalized with the ImageNet mean/std;
           targets (B,) int64 class ids (ImageNet) or (B, H, W) int64 train ids, 255 = ignore (Cityscapes).
+        (``with_keys=True`` adds a third element, the list of sample keys: for tests and debugging.)
         ``stream.steps_per_epoch``  batches per epoch, identical on every rank;
         ``stream.epoch``, ``stream.step_in_epoch``  position of the next batch;
         ``stream.bad_samples``, ``stream.samples_seen``  counters for logging;
@@ -31,7 +32,8 @@ The API other packages call (names are stable; everything is importable from ``d
 
     list_shards(spec) -> list[str]          the shard URLs/paths a spec names (sorted, expanded)
     read_shard_set(spec) -> ShardSet        shards, per-shard sample counts, classes, dataset
-    num_classes_of(spec) -> int             classes (ImageNet) or 19 train ids (Cityscapes)
+    num_classes_of(spec) -> int | None      classes (ImageNet) or 19 (Cityscapes); None for shards
+                                            without an index (community layout: set model.num_classes)
     check_readers(spec, world_size, workers) -> ShardSet
         raises DataError when there are fewer shards than world_size × max(workers, 1)
         (the launcher's preflight).

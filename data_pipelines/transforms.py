@@ -165,8 +165,10 @@ def cityscapes_eval(image_data: bytes, label_data: bytes) -> tuple[torch.Tensor,
     return to_chw_uint8(image), torch.from_numpy(labels.copy())
 
 
+_NORMALIZE_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255
+_NORMALIZE_INV_STD = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> float32 normalized with the ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-    return (images.float() - mean) * inv_std
+    """(B, 3, H, W) uint8 -> float32 normalized with the ImageNet mean/std (one new tensor, in-place ops)."""
+    return images.to(torch.float32).sub_(_NORMALIZE_MEAN).mul_(_NORMALIZE_INV_STD)

@@ -12,6 +12,7 @@ import json
 
 # kind -> module implementing it
 BENCHES: dict[str, str] = {}
+BENCHES["loader"] = "data_pipelines.bench"  # issue 5: shard stream vs ImageFolder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
