@@ -57,7 +57,7 @@ def load_backbone(model: nn.Module, checkpoint: str | Path | Mapping[str, torch.
         else:
             to_load[key] = tensor
     result.missing = [k for k in target if k.startswith(BACKBONE_PREFIXES) and k not in to_load and k not in source]
-    if not to_load:
+    if not any(not k.endswith("num_batches_tracked") for k in to_load):
         raise MDEQError("no backbone tensor of the checkpoint matches this model (expected keys like "
                         "'stem.layers.0.0.weight', 'f.branches.0.conv1.weight_v'): is it an MDEQ checkpoint?")
     if strict and (mismatched or result.missing):
