@@ -121,7 +121,9 @@ class MDEQModel(nn.Module):
         injections = self.injection(stem_out)
         f_args = self.f.prepare(injections)  # normalized weights + dropout masks: once per pass
         layout = self.f.layout(injections[0])
-        z0 = stem_out.new_zeros(x.shape[0], layout.total, dtype=torch.float32)  # z starts at zeros
+        # z starts at zeros, in the parameters' dtype: fp32 under autocast (the solver state stays
+        # fp32), bf16 when an engine cast the whole module (f then needs no autocast to run).
+        z0 = stem_out.new_zeros(x.shape[0], layout.total, dtype=self.stem.layers[0].conv.weight.dtype)
         options, mode = self.deq_options, "equilibrium"
         if self.spec.weight_tied_layers > 0:
             options, mode = replace(options, unrolled_steps=self.spec.weight_tied_layers), "unrolled"
