@@ -134,15 +134,15 @@ class Checkpointer:
         DeepSpeed's files are read with ``weights_only=True`` (see ``files.install_safe_loader``).
         """
         install_safe_loader(engine)
-        load_dir, tag = point.parent, point.tag
         if point.world_size != self.world_size and point.zero_stage >= 1:
-            from trainer.checkpoint.universal import prepare_universal
+            from trainer.checkpoint.universal import load_resharded
 
-            load_dir, tag = prepare_universal(engine, point, rank=self.rank)
-        load_path, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-        if load_path is None:
-            raise TrainerError(f"DeepSpeed could not load checkpoint {point.path}; see its log above")
+            load_resharded(engine, point)
+        else:
+            load_path, _ = engine.load_checkpoint(point.parent, tag=point.tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise TrainerError(f"DeepSpeed could not load checkpoint {point.path}; see its log above")
         tag_dir = Path(point.path)
         if point.world_size == self.world_size:
             saved = json.loads((tag_dir / store.client_file(self.rank)).read_text())

@@ -1,0 +1,139 @@
+"""The checkpointer across processes: a 2-rank ZeRO save commits once and resumes in 1 process.
+
+Run as a test it launches itself under torchrun (``python -m torch.distributed.run ... this_file
+--worker``) so the save, the commit barrier and the re-sharding run in real gloo process groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[2]
+PYTHON = sys.executable
+OPTIMIZERS = {"sgd": ["momentum_buffer"], "adam": ["exp_avg", "exp_avg_sq"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(nproc: int, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+           f"--master-port={_free_port()}", str(HERE), "--worker", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
+    # SGD (momentum: DeepSpeed's own ds_to_universal cannot convert it) and Adam, in one launch each
+    saved = _launch(2, "save", str(tmp_path))
+    assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-3000:]
+    for optimizer in OPTIMIZERS:
+        marker = json.loads((tmp_path / optimizer / "step_000000003" / "COMMITTED.json").read_text())
+        assert marker["world_size"] == 2 and marker["zero_stage"] == 1
+        assert {"client/rank_00000.json", "client/rank_00001.json"} <= set(marker["files"])
+    resumed = _launch(1, "resume", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for optimizer, keys in OPTIMIZERS.items():
+        result = json.loads((tmp_path / optimizer / "resume.json").read_text())
+        # the full fp32 weights and every optimizer state tensor equal what the 2 ranks held
+        assert result["state_keys"] == keys, result
+        assert result["max_state_diff"] == 0.0, result
+        # one more step on the same global batch: the same update up to summation order (2 partial means)
+        assert result["max_step_diff"] <= 1e-6, result
+        assert result["client_state"] == {"step": 3, "resumed_from_world_size": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# worker (runs under torchrun)
+
+
+def _worker(mode: str, root: str) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    for optimizer_name in OPTIMIZERS:
+        _run_one(mode, f"{root}/{optimizer_name}", optimizer_name)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_one(mode: str, root: str, optimizer_name: str) -> None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    from trainer.checkpoint import Checkpointer
+    from trainer.config import CheckpointConfig
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    if optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    config = {"train_micro_batch_size_per_gpu": 4 // world, "gradient_accumulation_steps": 1,
+              "gradient_clipping": 0.0, "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True,
+              "steps_per_print": 10**9}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    ckpt = Checkpointer(CheckpointConfig(dir=root), rank=rank, world_size=world, config_hash="h")
+
+    def step(i: int) -> None:
+        generator = torch.Generator().manual_seed(100 + i)
+        x = torch.randn(4, 4, generator=generator)  # the global batch; each rank takes its share
+        share = x.chunk(world)[rank]
+        loss = (engine(share) ** 2).mean()
+        engine.backward(loss)
+        engine.step()
+
+    def full_state() -> dict[str, torch.Tensor]:
+        base_state = next(iter(engine.optimizer.optimizer.state.values()))
+        keys = [k for k, v in base_state.items() if torch.is_tensor(v) and v.dim() == 1]
+        out = {}
+        for name, p in engine.module.named_parameters():
+            out[f"{name}/fp32"] = safe_get_full_fp32_param(p).detach().clone()
+            for key in keys:
+                out[f"{name}/{key}"] = safe_get_full_optimizer_state(p, key).detach().clone()
+        return out
+
+    if mode == "save":
+        for i in range(3):
+            step(i)
+        ckpt.save(engine, 3, {"step": 3, "loader_state": {"rank": rank}})
+        expected = full_state()
+        step(3)
+        after = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+        if rank == 0:
+            torch.save({"state": expected, "after": after}, f"{root}/expected.pt")
+    else:
+        point = ckpt.find_resume()
+        client_state = ckpt.load(engine, point)
+        expected = torch.load(f"{root}/expected.pt", weights_only=True)
+        got = full_state()
+        state_diff = max(float((got[k] - v).abs().max()) for k, v in expected["state"].items())
+        step(3)
+        step_diff = max(float((p.detach() - expected["after"][n]).abs().max())
+                        for n, p in engine.module.named_parameters())
+        Path(f"{root}/resume.json").write_text(json.dumps({
+            "max_state_diff": state_diff, "max_step_diff": step_diff, "client_state": client_state,
+            "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32"})}))
+    engine.destroy()
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    _worker(*sys.argv[sys.argv.index("--worker") + 1:])
