@@ -1,0 +1,150 @@
+"""Running one sweep point: ``mdeq train`` as a subprocess (default) or in this process.
+
+The child MLflow run is created by the sweep (nested under the parent with the
+``mlflow.parentRunId`` tag) and handed to the trainer through ``MLFLOW_RUN_ID``: MLflow's
+``start_run`` resumes the run that variable names, so the trainer logs into the nested run
+without knowing it is part of a sweep.
+
+Peak memory of a point is sampled, not modelled: every 0.1 s the resident set size of the process
+running the point and all its descendants (ranks, loader workers) is summed with psutil and the
+highest sum kept; on CUDA the trainer process's ``max_memory_allocated`` is not visible from here,
+which is why each point also carries the planner's estimate (``mdeq plan``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+class RSSSampler:
+    """Highest summed RSS of ``pid`` and its descendants while running (a daemon thread)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RSSSampler:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Execution:
+    """How a point's training ended."""
+
+    ok: bool
+    seconds: float
+    peak_rss_bytes: int
+    error: str = ""
+
+
+def run_subprocess(config_path: Path, *, nproc: int, run_id: str | None, tracking_uri: str | None,
+                   log_path: Path, timeout_s: float) -> Execution:
+    """``mdeq train --config config_path`` (under torchrun when ``nproc`` > 1), output to ``log_path``."""
+    train = ["-m", "launch.cli.main", "train", "--config", str(config_path)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *train]
+    else:
+        cmd = [sys.executable, *train]
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)
+    if run_id:
+        env["MLFLOW_RUN_ID"] = run_id
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    start = time.perf_counter()
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with RSSSampler(proc.pid) as sampler:
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                code = None
+    seconds = time.perf_counter() - start
+    if code == 0:
+        return Execution(True, seconds, sampler.peak)
+    why = f"timed out after {timeout_s:.0f} s" if code is None else f"exit code {code}"
+    return Execution(False, seconds, sampler.peak, error=f"`mdeq train` {why}; see {log_path}")
+
+
+def run_in_process(cfg, *, run_id: str | None) -> Execution:
+    """``trainer.loop.train(cfg)`` in this process (one rank), for quick sweeps and tests."""
+    from trainer.loop import train
+
+    if run_id:
+        os.environ["MLFLOW_RUN_ID"] = run_id  # MLflow's start_run consumes (and removes) it
+    start = time.perf_counter()
+    try:
+        with RSSSampler(os.getpid()) as sampler:
+            train(cfg)
+    except Exception as err:  # a failed point is recorded; the sweep goes on with the next one
+        return Execution(False, time.perf_counter() - start, sampler.peak,
+                         error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    finally:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        _forget_deepspeed_groups()
+    return Execution(True, time.perf_counter() - start, sampler.peak)
+
+
+def _forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached process groups after a run tore its process group down.
+
+    ``deepspeed.utils.groups`` keeps module-level handles to the groups of the first engine; the
+    next in-process run makes a new process group, and the stale handles make ``deepspeed.initialize``
+    fail ("Group ... is not registered"). A separate process per point (the default) never needs this.
+    """
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    import torch.distributed as dist
+
+    for name, value in list(vars(groups).items()):
+        if not name.startswith("_") or "GROUP" not in name:
+            continue
+        if isinstance(value, dict):
+            value.clear()
+        elif isinstance(value, (dist.ProcessGroup, list, tuple)) or value is None:
+            setattr(groups, name, None)
+    groups.mpu = None
