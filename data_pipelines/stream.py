@@ -64,7 +64,10 @@ class _EpochReader(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         plan, epoch = self.plan, self.epoch
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        # DataLoader asks worker 0 first, but the next batch (number start_step) belongs to worker
+        # start_step % workers: rotate, so each batch is made by the same logical worker as in a run
+        # that never stopped
+        worker = ((info.id if info is not None else 0) + self.start_step) % plan.worker_slots
         reader = plan.rank * plan.worker_slots + worker
         readers = plan.world_size * plan.worker_slots
         first = order.worker_batches(self.start_step, worker, plan.worker_slots)  # already consumed
