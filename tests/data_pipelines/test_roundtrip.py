@@ -59,7 +59,7 @@ def test_eval_sees_every_val_sample_once_with_equal_batches_per_rank(imagenet_sh
     truth = {row["ImageId"]: row["PredictionString"].split()[0]
              for row in csv.DictReader(open(imagenet_raw / "LOC_val_solution.csv"))}
     classes = read_shard_set(str(imagenet_shards["val"])).classes
-    lengths, labels, real = [], Counter(), 0
+    lengths, labels, real, padded = [], Counter(), 0, 0
     for rank in range(WORLD):
         loader = build_eval_loader("imagenet", str(imagenet_shards["val"]), batch_size=BATCH, workers=workers,
                                    rank=rank, world_size=WORLD, image_size=16, eval_resize=18)
@@ -70,7 +70,10 @@ def test_eval_sees_every_val_sample_once_with_equal_batches_per_rank(imagenet_sh
             assert images.shape[1:] == (3, 16, 16)
             labels.update(t for t in targets.tolist() if t != -1)
             real += sum(t != -1 for t in targets.tolist())
+            padded += sum(t == -1 for t in targets.tolist())
     assert lengths[0] == lengths[1]
     assert real == CLASSES * VAL_PER_CLASS
+    if workers == 0:  # 3 shards of 4 over 2 readers: 8 vs 4 samples, rank 1 gets 2 padding batches
+        assert lengths == [4, 4] and padded == 4
     expected = Counter(classes.index(wnid) for wnid in truth.values())
     assert labels == expected
