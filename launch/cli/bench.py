@@ -13,6 +13,8 @@ import json
 # kind -> module implementing it
 BENCHES: dict[str, str] = {}
 BENCHES["loader"] = "data_pipelines.bench"  # issue 5: shard stream vs ImageFolder
+BENCHES["memory"] = "mdeq.bench.memory"  # issue 4: saved-tensor and solver-buffer bytes vs cap
+BENCHES["step"] = "mdeq.bench.step"  # issue 4: training-step time (solve + implicit backward)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -17,3 +17,25 @@ def jacobian_frobenius_estimate(z_out: torch.Tensor, z_in: torch.Tensor, samples
         (vjp,) = torch.autograd.grad(z_out, z_in, eps, retain_graph=True, create_graph=True)
         total = total + vjp.float().pow(2).sum()
     return total / (samples * z_in.numel())
+
+
+def spectral_radius(f, z: torch.Tensor, f_args: tuple = (), iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """Power-method estimate of the spectral radius of J_f at z, per sample: (B,).
+
+    Iterates v <- v^T J / ||v^T J|| with vector-Jacobian products through one f evaluation (no
+    parameter gradients). A diagnostic: below 1 means fixed-point iteration contracts near z; for a
+    dominant complex pair the estimate oscillates around |lambda|, so read it as an order of magnitude.
+    """
+    generator = torch.Generator(device=z.device).manual_seed(seed)
+    with torch.enable_grad():
+        z_in = z.detach().requires_grad_()
+        z_out = f(z_in, *f_args)
+        v = torch.randn(z.shape, generator=generator, device=z.device, dtype=z_out.dtype)
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        estimate = torch.zeros(z.shape[0], device=z.device, dtype=torch.float32)
+        for _ in range(iters):
+            (vjp,) = torch.autograd.grad(z_out, z_in, v, retain_graph=True)
+            norm = torch.linalg.vector_norm(vjp.float(), dim=1)  # (B,)
+            estimate = norm
+            v = (vjp / norm.clamp_min(1e-30)[:, None].to(vjp.dtype)).to(z_out.dtype)
+    return estimate.detach()

@@ -48,7 +48,9 @@ def work_dtype(z0: torch.Tensor) -> torch.dtype:
 class ResidualTracker:
     """Per-sample residuals, the lowest-residual iterate per sample, stopping and divergence.
 
-    One host sync per f evaluation (a single small ``tolist``) decides whether to stop.
+    Keeps per-branch squared norms of f(z)-z and f(z) for the best iterate (B, branches), so the
+    per-branch residuals need no copy of f(z). One host sync per f evaluation (a single small
+    ``tolist``) decides whether to stop.
     """
 
     def __init__(self, z0: torch.Tensor, *, max_iter: int, tol: float, stop_mode: str,
@@ -65,27 +67,36 @@ class ResidualTracker:
         self.protect_factor = protect_factor
         dtype = work_dtype(z0)
         self.best_z = z0.to(dtype).clone()  # (B, D)
-        self.best_fz = torch.zeros_like(self.best_z)  # (B, D): f at best_z, for branch residuals
         self.best_res = torch.full((batch,), math.inf, dtype=dtype, device=z0.device)  # stop-mode
-        self.best_abs = torch.full_like(self.best_res, math.inf)
-        self.best_rel = torch.full_like(self.best_res, math.inf)
+        nb = len(self.branch_sizes)
+        self.best_diff_sq = torch.zeros(batch, nb, dtype=dtype, device=z0.device)  # ||f(z)-z||^2 per branch
+        self.best_f_sq = torch.zeros(batch, nb, dtype=dtype, device=z0.device)  # ||f(z)||^2 per branch
         self.trace: list[float] = []
         self.nfe = 0
         self.first = math.nan
         self.protective_break = self.nonfinite = self.converged = False
 
-    def observe(self, z: torch.Tensor, fz: torch.Tensor) -> bool:
-        """Record f(z) for iterate z (both (B, D), work dtype); return True when the solve must stop."""
+    def _branch_sq(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, branches): squared norms of each branch's slice of x (B, D)."""
+        if len(self.branch_sizes) == 1:
+            return torch.linalg.vecdot(x, x)[:, None]
+        return torch.stack([torch.linalg.vecdot(part, part) for part in x.split(self.branch_sizes, dim=1)], 1)
+
+    def observe(self, z: torch.Tensor, fz: torch.Tensor, diff: torch.Tensor | None = None) -> bool:
+        """Record f(z) for iterate z (B, D, work dtype; ``diff`` = fz - z if already at hand).
+
+        Returns True when the solve must stop (converged, diverged or non-finite).
+        """
         self.nfe += 1
-        abs_res = torch.linalg.vector_norm(fz - z, dim=1)  # (B,)
-        rel_res = abs_res / (torch.linalg.vector_norm(fz, dim=1) + 1e-12)
-        res = rel_res if self.rel else abs_res
+        diff = fz - z if diff is None else diff
+        diff_sq, f_sq = self._branch_sq(diff), self._branch_sq(fz)  # (B, nb) each
+        abs_res = diff_sq.sum(1).sqrt()  # (B,)
+        res = abs_res / (f_sq.sum(1).sqrt() + 1e-12) if self.rel else abs_res
         improved = res < self.best_res  # nan compares False: a non-finite iterate is never "best"
         torch.where(improved[:, None], z, self.best_z, out=self.best_z)
-        torch.where(improved[:, None], fz, self.best_fz, out=self.best_fz)
         torch.where(improved, res, self.best_res, out=self.best_res)
-        torch.where(improved, abs_res, self.best_abs, out=self.best_abs)
-        torch.where(improved, rel_res, self.best_rel, out=self.best_rel)
+        torch.where(improved[:, None], diff_sq, self.best_diff_sq, out=self.best_diff_sq)
+        torch.where(improved[:, None], f_sq, self.best_f_sq, out=self.best_f_sq)
         mean_res, worst_best = torch.stack([res.mean(), self.best_res.max()]).tolist()  # one sync
         self.trace.append(mean_res)
         if self.nfe == 1:
@@ -105,13 +116,14 @@ class ResidualTracker:
         """The lowest-residual iterate per sample and the statistics of the solve."""
         finite = [r for r in self.trace if math.isfinite(r)]
         lowest = 1 + self.trace.index(min(finite)) if finite else 0
-        diff = self.best_fz - self.best_z
-        branch = []
-        for d, fz in zip(diff.split(self.branch_sizes, dim=1), self.best_fz.split(self.branch_sizes, dim=1)):
-            num = torch.linalg.vector_norm(d, dim=1)
-            branch.append(num / (torch.linalg.vector_norm(fz, dim=1) + 1e-12) if self.rel else num)
-        branch_means = torch.stack([b.mean() for b in branch]).tolist() if self.nfe else []
-        abs_mean, rel_mean = torch.stack([self.best_abs.mean(), self.best_rel.mean()]).tolist()
+        branch_abs = self.best_diff_sq.sqrt()  # (B, nb)
+        branch = branch_abs / (self.best_f_sq.sqrt() + 1e-12) if self.rel else branch_abs
+        never = torch.isinf(self.best_res)[:, None]  # a sample with no finite iterate at all
+        branch = torch.where(never, math.nan, branch)
+        abs_res = torch.where(never[:, 0], math.nan, self.best_diff_sq.sum(1).sqrt())
+        rel_res = abs_res / (self.best_f_sq.sum(1).sqrt() + 1e-12)
+        abs_mean, rel_mean, *branch_means = torch.cat(
+            [abs_res.mean()[None], rel_res.mean()[None], branch.mean(0)]).tolist()
         stats = SolverStats(
             nfe=self.nfe, residual_trace=self.trace, abs_residual=abs_mean, rel_residual=rel_mean,
             branch_residuals=branch_means, lowest_step=lowest, converged=self.converged,

@@ -1,10 +1,15 @@
 """Limited-memory ("good") Broyden's method for z = f(z), batched per sample.
 
 We solve g(z) = f(z) - z = 0 with an inverse-Jacobian estimate H = -I + U^T V, where U and V hold at
-most ``history`` rank-1 pairs (rows of (B, m, D) buffers). When the buffer is full the oldest pair is
-dropped (ring buffer), so the solver's memory is 2·B·m·D numbers whatever ``max_iter`` is; the
-released MDEQ code kept one pair per iteration. The first step is a plain fixed-point step
-(H = -I), there is no line search, and the lowest-residual iterate per sample is returned.
+most ``history`` rank-1 pairs (rows of (B, m, D) buffers in the state dtype). When the buffer is full
+the oldest pair is dropped (ring buffer), so the solver's memory is 2·B·m·D numbers whatever
+``max_iter`` is; the released MDEQ code kept one pair per iteration. The first step is a plain
+fixed-point step (H = -I), there is no line search, and the lowest-residual iterate per sample is
+returned.
+
+Cost per iteration beyond f: two products with H (four passes over the buffers). H_old g_old is
+known from the previous step (it is -dz), so H_old dg = H_old g_new + dz needs no extra pass, and
+H_new g_new = H_old g_new + u (v . g_new) reuses H_old g_new.
 """
 
 from __future__ import annotations
@@ -28,35 +33,47 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
     dtype = work_dtype(z0)
     batch, dim = z0.shape
     z = z0.to(dtype)
-    gz = f(z).to(dtype) - z  # (B, D) residual g(z)
-    if tracker.observe(z, gz + z) or max_iter == 1:
+    fz = f(z).to(dtype)
+    g = fz - z  # (B, D) residual g(z)
+    if tracker.observe(z, fz, g) or max_iter <= 2:
+        if max_iter == 2 and not tracker.converged and not tracker.protective_break:
+            z = fz
+            tracker.observe(z, f(z).to(dtype))
         return tracker.result()
-    slots = min(history, max_iter - 1)  # pairs ever needed: one per step after the first
+    slots = min(history, max_iter - 2)  # pairs ever formed: one per step after the first, bar the last
     us = torch.zeros(batch, slots, dim, dtype=state_dtype, device=z0.device)  # (B, m, D)
     vs = torch.zeros_like(us)  # (B, m, D)
     n_pairs = 0
-    step_dir = gz  # -H g with H = -I: the plain fixed-point step
+    dz = g  # -H g with H = -I: the plain fixed-point step
     for k in range(1, max_iter):
-        z = z + step_dir
-        gz_new = f(z).to(dtype) - z
-        dg = gz_new - gz  # (B, D)
-        gz = gz_new
-        if tracker.observe(z, gz + z) or k == max_iter - 1:
+        z = z + dz
+        fz = f(z).to(dtype)
+        g_new = fz - z
+        if tracker.observe(z, fz, g_new) or k == max_iter - 1:
             break
         slot = (k - 1) % slots
-        if n_pairs == slots:
-            us[:, slot].zero_()  # drop the oldest pair before using H for the update
+        h_g_old = dz.neg()  # H g_old, with every pair currently stored
+        if n_pairs == slots:  # drop the oldest pair: take its term out of H g_old, then clear it
+            coeff = torch.linalg.vecdot(vs[:, slot].to(dtype), g)  # (B,)
+            h_g_old.sub_(us[:, slot].to(dtype) * coeff[:, None])
+            us[:, slot].zero_()
             vs[:, slot].zero_()
-        n_pairs = min(n_pairs + 1, slots)
-        # good Broyden: H += (dz - H dg)(dz^T H) / (dz^T H dg), with dz = step_dir
-        v = _rmatvec(us, vs, n_pairs, step_dir)  # (B, D) = dz^T H
-        h_dg = _matvec(us, vs, n_pairs, dg)  # (B, D) = H dg
-        denom = torch.linalg.vecdot(v, dg)  # (B,)
-        safe = denom.abs() > 1e-30
-        u = (step_dir - h_dg) / torch.where(safe, denom, torch.ones_like(denom))[:, None]
-        us[:, slot] = torch.where(safe[:, None], u, 0.0)
-        vs[:, slot] = torch.where(safe[:, None], v, 0.0)
-        step_dir = _matvec(us, vs, n_pairs, gz).neg_()  # -H g
+        else:
+            n_pairs += 1
+        h_g_new = _matvec(us, vs, n_pairs, g_new)  # (B, D) H g_new, before the update
+        v = _rmatvec(us, vs, n_pairs, dz)  # (B, D) dz^T H
+        dg = g_new - g
+        h_dg = h_g_new - h_g_old  # H dg
+        denom = torch.linalg.vecdot(v, dg)  # (B,) dz^T H dg
+        safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
+        u = (dz - h_dg).div_(torch.where(safe, denom, 1.0)[:, None])
+        u = torch.where(safe[:, None], u, 0.0)
+        v = torch.where(safe[:, None], v, 0.0)
+        us[:, slot] = u
+        vs[:, slot] = v
+        # good Broyden: H_new = H + u v^T, so H_new g_new = H g_new + u (v . g_new)
+        dz = h_g_new.addcmul_(u, torch.linalg.vecdot(v, g_new)[:, None]).neg_()
+        g = g_new
     return tracker.result(buffer_bytes=us.nbytes + vs.nbytes)
 
 

@@ -1,0 +1,86 @@
+"""time full training steps (solve + loss + backward + optimizer step) of an MDEQ.
+
+The equilibrium phase: forward solve without grad, one differentiable f step, implicit (or the
+chosen) backward, Adam step. Synthetic data; the first ``--warmup`` steps are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from mdeq.bench.common import add_model_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``mdeq bench step``."""
+    add_model_arguments(parser)
+    parser.add_argument("--f-max-iter", type=int, default=18, help="forward solver cap")
+    parser.add_argument("--b-max-iter", type=int, default=20, help="backward solver cap")
+    parser.add_argument("--f-tol", type=float, default=None, help="forward tolerance (default: model's)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast dtype of the forward (f included)")
+    parser.add_argument("--grad-mode", default="implicit", choices=["implicit", "unrolled", "phantom"])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Time the steps; return medians and solver counts."""
+    import torch
+
+    from mdeq.bench.common import autocast_for, build_model, pick_device, synthetic_batch, task_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    model = build_model(args, device)
+    options = model.deq_options
+    options.f_max_iter, options.b_max_iter, options.grad_mode = args.f_max_iter, args.b_max_iter, args.grad_mode
+    if args.f_tol is not None:
+        options.f_tol = args.f_tol
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, labels = synthetic_batch(model, args.batch, args.res, device)
+    times, f_nfe, b_nfe, f_res, b_res = [], [], [], [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(args.precision, device):
+            loss = task_loss(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if i >= args.warmup:
+            stats = model.last_stats
+            times.append(elapsed)
+            f_nfe.append(stats.nfe)
+            b_nfe.append(stats.b_nfe)
+            f_res.append(stats.rel_residual if options.stop_mode == "rel" else stats.abs_residual)
+            b_res.append(stats.b_residual)
+    result = {
+        "model": args.model, "batch": args.batch, "res": args.res, "precision": args.precision,
+        "state_precision": args.state_precision, "grad_mode": args.grad_mode, "device": str(device),
+        "threads": torch.get_num_threads(), "f_solver": args.f_solver, "b_solver": args.b_solver,
+        "f_max_iter": args.f_max_iter, "b_max_iter": args.b_max_iter, "steps": args.steps,
+        "step_s_median": statistics.median(times), "step_s": times,
+        "f_nfe": statistics.median(f_nfe), "b_nfe": statistics.median(b_nfe),
+        "f_residual_median": statistics.median(f_res), "b_residual_median": statistics.median(b_res),
+        "stop_mode": options.stop_mode, "samples_per_s": args.batch / statistics.median(times),
+    }
+    if device.type == "cuda":
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["device_name"] = torch.cuda.get_device_name(device)
+    return result
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
