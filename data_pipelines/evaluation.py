@@ -22,6 +22,7 @@ from data_pipelines.samples import DecodeSpec
 from data_pipelines.shards.index import ShardSet, read_shard_set
 from data_pipelines.sources import TruncatedShard, iter_tar_samples, open_with_retries
 from data_pipelines.transforms import BadSample, normalize
+from data_pipelines.worker_signals import ignore_stop_signals
 
 log = logging.getLogger("data_pipelines")
 PAD_CLASS = -1
@@ -122,7 +123,8 @@ class EvalLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(_EvalReader(self), batch_size=None, num_workers=self.workers)
+        loader = DataLoader(_EvalReader(self), batch_size=None, num_workers=self.workers,
+                            worker_init_fn=ignore_stop_signals if self.workers else None)
         produced = 0
         for item in loader:
             if produced == self.num_batches:

@@ -28,6 +28,7 @@ from data_pipelines.samples import DecodeSpec
 from data_pipelines.shards.index import ShardSet, check_readers, read_shard_set
 from data_pipelines.state import StreamState, restore_position
 from data_pipelines.transforms import BadSample, normalize
+from data_pipelines.worker_signals import ignore_stop_signals
 
 log = logging.getLogger("data_pipelines")
 MAX_NOTES = 5  # bad-sample messages carried per batch (the count is always exact)
@@ -164,7 +165,8 @@ class TrainStream:
                 self.epoch, self.step_in_epoch = epoch + 1, 0
                 continue
             loader = DataLoader(_EpochReader(plan, epoch, start), batch_size=None, num_workers=plan.workers,
-                                prefetch_factor=4 if plan.workers else None, pin_memory=torch.cuda.is_available())
+                                prefetch_factor=4 if plan.workers else None, pin_memory=torch.cuda.is_available(),
+                                worker_init_fn=ignore_stop_signals if plan.workers else None)
             received = 0
             for batch in loader:
                 if "error" in batch:

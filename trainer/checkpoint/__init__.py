@@ -19,8 +19,8 @@ API the training loop calls (every rank; the calls marked collective on all rank
     ...end of training: ckpt.save(engine, final_step, client_state)  (no-op if already committed)
 
 ``client_state`` must be JSON-serialisable (it is never pickled). Put the per-rank data position
-under the key ``loader_state``: with a different world size on resume that key is dropped (see
-``Checkpointer.load``). Rollback after divergence = ``ckpt.load(engine, ckpt.find_resume())``.
+under the key ``loader_state``: with a different world size on resume every rank receives rank 0's
+(see ``Checkpointer.load``). Rollback after divergence = ``ckpt.load(engine, ckpt.find_resume())``.
 
 On-disk layout, commit protocol and verification: ``trainer.checkpoint.store``. DeepSpeed's own
 files are read with ``weights_only=True``: ``trainer.checkpoint.files``.

@@ -25,7 +25,8 @@ from trainer.fault.collectives import any_rank, barrier, broadcast_from_rank0
 log = logging.getLogger(__name__)
 
 # Test-only fault injection: "STEP" or "STEP:RANK" makes that rank die (os._exit) in the middle of
-# the save at STEP: after DeepSpeed wrote its files, before the commit marker.
+# the save at STEP: after DeepSpeed wrote its files, before the commit marker. Under torchrun it
+# fires only in the first generation (TORCHELASTIC_RESTART_COUNT 0), so a restarted job can finish.
 CRASH_IN_SAVE_ENV = "MDEQ_TEST_CRASH_IN_SAVE"
 CRASH_IN_SAVE_EXIT_CODE = 86
 
@@ -128,9 +129,11 @@ class Checkpointer:
         """Load ``point`` into ``engine`` (collective); restore this rank's RNG; return its client state.
 
         Same world size: the returned dict is exactly the ``client_state`` this rank saved, and the
-        python/numpy/torch/CUDA RNGs are as they were at the save. Different world size: the dict is
-        rank 0's client state without ``loader_state`` plus ``resumed_from_world_size``; RNGs are
-        not restored (there is no per-rank correspondence) - see docs/fault-tolerance.md.
+        python/numpy/torch/CUDA RNGs are as they were at the save. Different world size: every rank
+        gets rank 0's client state plus ``resumed_from_world_size``; its ``loader_state`` describes
+        the old layout, which the loader must rescale (``data_pipelines`` keeps the epoch and the
+        consumed fraction of it); RNGs are not restored (no per-rank correspondence) - see
+        docs/fault-tolerance.md. ZeRO-1/2 optimizer partitions are re-sharded (``universal.py``).
         DeepSpeed's files are read with ``weights_only=True`` (see ``files.install_safe_loader``).
         """
         install_safe_loader(engine)
@@ -150,10 +153,9 @@ class Checkpointer:
             client_state = saved["client_state"]
         else:
             saved = json.loads((tag_dir / store.client_file(0)).read_text())
-            client_state = {k: v for k, v in saved["client_state"].items() if k != "loader_state"}
-            client_state["resumed_from_world_size"] = point.world_size
-            log.warning("resuming a %d-process checkpoint with %d processes: per-rank loader and RNG states "
-                        "are not restored", point.world_size, self.world_size)
+            client_state = {**saved["client_state"], "resumed_from_world_size": point.world_size}
+            log.warning("resuming a %d-process checkpoint with %d processes: rank 0's loader state is given to "
+                        "every rank and RNG states are not restored", point.world_size, self.world_size)
         self.last_committed = point
         self._last_save_time = time.monotonic()
         return client_state
@@ -244,6 +246,7 @@ class Checkpointer:
         if not spec:
             return
         at_step, _, at_rank = spec.partition(":")
-        if int(at_step) == step and int(at_rank or 0) == self.rank:
+        first_generation = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if int(at_step) == step and int(at_rank or 0) == self.rank and first_generation:
             log.error("%s=%s: dying in the middle of the save (test fault injection)", CRASH_IN_SAVE_ENV, spec)
             os._exit(CRASH_IN_SAVE_EXIT_CODE)
