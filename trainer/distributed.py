@@ -33,6 +33,9 @@ class Layout:
         return self.rank == 0
 
 
+_OWN_GROUP = False  # True when setup_distributed created the process group (teardown destroys it)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,8 +82,10 @@ def setup_distributed(seed: int) -> Layout:
     else:
         device = torch.device("cpu")
         backend = "gloo"
+    global _OWN_GROUP
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        _OWN_GROUP = True
     layout = Layout(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                     device=device, backend=backend)
     seed_everything(seed)
@@ -110,16 +115,18 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def teardown(engine=None) -> None:
-    """Release the engine and the process group (ZeRO-3 runs could abort at exit without this)."""
+    """Release the engine and, if ``setup_distributed`` created it, the process group (ZeRO-3 runs
+    could abort at exit without this). A group the caller created is left for the caller."""
     import torch.distributed as dist
 
+    global _OWN_GROUP
     if engine is not None:
         try:
             engine.destroy()
         except Exception:  # best effort on the way out
             pass
     if dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
+        dist.barrier()
+        if _OWN_GROUP:
             dist.destroy_process_group()
+            _OWN_GROUP = False

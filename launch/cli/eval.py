@@ -9,7 +9,7 @@ from launch.cli.config import add_config_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="evaluate a checkpoint on data.val_shards")
-    add_config_args(parser)
+    add_config_args(parser, required=False)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint dir (checkpoint.dir of a run, or one step's dir) or a model.pt file")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")

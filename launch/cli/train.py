@@ -9,7 +9,7 @@ from launch.cli.config import add_config_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train an MDEQ (DeepSpeed; any number of processes)")
-    add_config_args(parser)
+    add_config_args(parser, required=False)
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON (rank 0)")
     parser.set_defaults(func=_train)
 
