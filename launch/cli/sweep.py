@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the recipe's tracking.uri)")
     parser.add_argument("--in-process", action="store_true",
                         help="train every point in this process instead of a `mdeq train` subprocess")
+    parser.add_argument("--no-plan", action="store_true", help="leave out the memory planner's column")
     parser.add_argument("--list", action="store_true", help="print the resolved points and exit")
     parser.set_defaults(func=_run)
 
@@ -32,7 +33,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{point.point_id}  {point.label}")
         return 0
     result = run_sweep(args.config, overrides=tuple(args.overrides), output_dir=args.out,
-                       in_process=args.in_process, tracking_uri=args.tracking_uri)
+                       in_process=args.in_process, tracking_uri=args.tracking_uri,
+                       plan=False if args.no_plan else None)
     print(result.table_md.read_text(), end="")
     print(f"summary: {result.table_csv}, {result.table_md}; plots: {result.output_dir / 'plots'}")
     return 1 if result.failed else 0

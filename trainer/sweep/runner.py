@@ -140,11 +140,18 @@ def _ensure_synthetic(spec: SweepSpec, out_dir: Path) -> tuple[str, ...]:
 
 
 def run_sweep(sweep_file: str | Path, *, overrides: tuple[str, ...] = (), output_dir: str | Path | None = None,
-              in_process: bool = False, tracking_uri: str | None = None, log=print) -> SweepResult:
-    """Run (or resume) the sweep in ``sweep_file``; see the module doc for what lands where."""
+              in_process: bool = False, tracking_uri: str | None = None, plan: bool | None = None,
+              log=print) -> SweepResult:
+    """Run (or resume) the sweep in ``sweep_file``; see the module doc for what lands where.
+
+    ``plan`` (when not None) overrides the sweep file's ``plan`` (the planner column costs a dry run
+    per point).
+    """
     from trainer.tracking import resolve_uri
 
     spec, root = load_sweep(sweep_file)
+    if plan is not None:
+        spec.plan = plan
     out_dir = Path(output_dir or spec.output_dir or f"runs/sweeps/{spec.name}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # validate every point before writing data or touching MLflow
