@@ -53,7 +53,9 @@ def start_node(host: Host, rank: int, master: Host, port: int, tail: list[str], 
     cmd = host.command([PYTHON, "-m", "launch.cli.main", "launch", "torchrun", "--nnodes", "2",
                         "--node-rank", str(rank), "--master-addr", master.address, "--master-port", str(port),
                         "--nproc-per-node", "1", "--log-dir", str(log_dir),
-                        "--env", f"GLOO_SOCKET_IFNAME={host.interface}", *tail])
+                        "--env", f"GLOO_SOCKET_IFNAME={host.interface}",
+                        # both "hosts" share this machine's cores: one thread each, no oversubscription
+                        "--env", "OMP_NUM_THREADS=1", *tail])
     env = {**os.environ, **(extra_env or {})}
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
