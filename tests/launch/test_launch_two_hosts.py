@@ -159,6 +159,8 @@ def test_zero2_training_across_two_hosts_resumes_after_losing_one(hosts, tmp_pat
     tail = ["--", "train", "--config", str(config)]
 
     # first launch: wait for a committed checkpoint, then host B dies (every process in it, SIGKILL)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
     port = free_port()
     nodes = [start_node(h, k, a, port, tail, tmp_path, logs) for k, h in enumerate(hosts)]
     deadline = time.time() + 150
@@ -167,17 +169,23 @@ def test_zero2_training_across_two_hosts_resumes_after_losing_one(hosts, tmp_pat
             outs = [finish(node, 5) if node.poll() is not None else "(running)" for node in nodes]
             pytest.fail("no checkpoint was committed before a node ended:\n" + "\n".join(o[-3000:] for o in outs))
         time.sleep(0.1)
+    timings["to first commit"] = time.monotonic() - started
     assert b.kill_all(), "nothing was running in host B"
+    killed = time.monotonic()
     finish(nodes[1], 30)
     out_a = finish(nodes[0], 90)  # host A's ranks lose their peer and the node fails on its own
     assert nodes[0].returncode != 0, out_a[-3000:]
+    timings["host A fails after B's death"] = time.monotonic() - killed
     assert committed_steps(checkpoints)[-1] < MAX_STEPS, "the run finished before host B was killed"
     resume_from = committed_steps(checkpoints)[-1]
 
     # relaunch the job on both hosts: it resumes from the newest committed checkpoint and finishes
+    relaunched = time.monotonic()
     port = free_port()
     nodes = [start_node(h, k, a, port, tail, tmp_path, logs) for k, h in enumerate(hosts)]
     outs = [finish(node, 150) for node in nodes]
+    timings["resumed run to the end"] = time.monotonic() - relaunched
+    print("two-host phases (s):", {k: round(v, 1) for k, v in timings.items()})
     for node, out in zip(nodes, outs):
         assert node.returncode == 0, out[-4000:]
     assert committed_steps(checkpoints)[-1] == MAX_STEPS
