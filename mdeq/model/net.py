@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from mdeq.deq.equilibrium import solve_equilibrium
 from mdeq.deq.options import DEQOptions
 from mdeq.errors import MDEQError
 from mdeq.model.heads import ClassificationHead, SegmentationHead
@@ -30,13 +31,6 @@ from mdeq.model.stem import Injection, Stem
 from mdeq.model.weight_norm import WeightNormConv2d
 
 INIT_STD = 0.01  # every conv weight and bias ~ N(0, 0.01), as released
-
-
-def _solve(f, z0, f_args, *, options, branch_sizes, mode):
-    # Imported here so the model module loads even while the solver layer is being written.
-    from mdeq.deq.equilibrium import solve_equilibrium
-
-    return solve_equilibrium(f, z0, f_args, options=options, branch_sizes=branch_sizes, mode=mode)
 
 
 class MDEQModel(nn.Module):
@@ -129,8 +123,8 @@ class MDEQModel(nn.Module):
             options, mode = replace(options, unrolled_steps=self.spec.weight_tied_layers), "unrolled"
         elif pretrain:
             mode = "unrolled"
-        z, self.last_stats = _solve(self.f, z0, f_args, options=options, branch_sizes=layout.branch_sizes,
-                                    mode=mode)
+        z, self.last_stats = solve_equilibrium(self.f, z0, f_args, options=options,
+                                               branch_sizes=layout.branch_sizes, mode=mode)
         return layout.split(z)
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
