@@ -86,3 +86,18 @@ def test_downsample_times_sets_the_equilibrium_resolution(downsample_times):
     # x~ transform is dropped only for downsample_times == 0 with <= 2 branches (as released)
     assert (model.injection.transform is None) == (downsample_times == 0)
     assert len(model.stem.layers) == max(2, downsample_times)
+
+
+def test_trains_under_bf16_autocast_and_with_bf16_parameters():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = small(mdeq.create_model("tiny"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 parameters, bf16 compute
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16
+    logits.float().logsumexp(1).mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+    cast = small(mdeq.create_model("tiny")).to(torch.bfloat16)  # an engine that casts the whole module
+    cast(x.to(torch.bfloat16)).float().logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in cast.parameters()) and cast.last_stats.b_nfe >= 1
