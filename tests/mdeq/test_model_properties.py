@@ -161,3 +161,10 @@ def test_eval_mode_is_deterministic_and_drops_no_channels():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
         f_args = model.f.prepare(model.injection(model.stem(x)))
     assert len(f_args) == 1 + model.f.num_weights  # injection + weights, no masks in eval
+
+
+def test_batchnorm_momentum_as_released():
+    seg = mdeq.create_model("cityscapes-small", device="meta")
+    cls = mdeq.create_model("imagenet-small", device="meta")
+    assert {m.momentum for m in seg.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+    assert {m.momentum for m in cls.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
