@@ -53,7 +53,8 @@ def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
         assert result["max_state_diff"] == 0.0, result
         # one more step on the same global batch: the same update up to summation order (2 partial means)
         assert result["max_step_diff"] <= 1e-6, result
-        assert result["client_state"] == {"step": 3, "resumed_from_world_size": 2}
+        # rank 0's client state (its loader position describes the 2-rank layout) and the old size
+        assert result["client_state"] == {"step": 3, "loader_state": {"rank": 0}, "resumed_from_world_size": 2}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,30 @@
+"""Process-group start-up that survives ``torchrun --max-restarts``.
+
+torchrun's agent keeps one TCPStore for the whole job and (torch 2.14) no longer namespaces it per
+restart. The restarted ranks then read the dead generation's gloo/NCCL addresses from it and fail
+in ``connectFullMesh`` ("Connection refused") - seen here with ``--standalone`` and with a static
+``--master-addr/--master-port``. Initialising the default group on a ``PrefixStore`` named after
+``TORCHELASTIC_RESTART_COUNT`` gives every generation its own keys.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+
+def init_process_group_for_restarts(backend: str) -> bool:
+    """Under torchrun, create the default process group on a per-restart store namespace.
+
+    Returns True when it did; False (nothing done) outside torchrun's agent store or when a group
+    exists already. Call before ``deepspeed.init_distributed``, which then reuses the group.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return False
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"/mdeq/restart_{attempt}", store), rank=rank,
+                            world_size=world_size)
+    return True
