@@ -155,7 +155,8 @@ def machine_capacity() -> MachineCapacity:
     """GPUs (when CUDA is present) and the CPU cores this process may run on."""
     gpus = 0
     # Importing torch costs seconds on every node: ask it only where an NVIDIA device node exists.
-    if any(Path("/dev").glob("nvidia[0-9]*")):
+    # DS_ACCELERATOR=cpu makes DeepSpeed ignore GPUs: count cores then.
+    if os.environ.get("DS_ACCELERATOR") != "cpu" and any(Path("/dev").glob("nvidia[0-9]*")):
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ def test_local_restarts_failed_workers_and_logs_per_rank(tmp_path):
     done = subprocess.run([sys.executable, "-m", "launch.cli.main", "launch", "local", "--nproc", "2",
                            "--max-restarts", "1", "--log-dir", str(tmp_path / "logs"),
                            "--script", str(SCRIPTS / "fail_once.py")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # CPU processes, also on a GPU box
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for rank in (0, 1):
         log = (tmp_path / "logs" / f"rank-{rank}.log").read_text()
@@ -25,3 +27,29 @@ def test_local_restarts_failed_workers_and_logs_per_rank(tmp_path):
         assert "attempt 0 ===" in log and "attempt 1 ===" in log
         assert f"ATTEMPT 0 RANK {rank} WORLD 2" in log and f"ATTEMPT 1 RANK {rank} WORLD 2" in log
     assert "rank 1 fails once on purpose" in (tmp_path / "logs" / "rank-1.log").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_deepspeed_launcher_runs_one_process_per_slot_on_cpu(tmp_path):
+    """The DeepSpeed launcher would start one process per CPU host; with the slots passed as
+    --num_accelerators it starts two, each with its rank, the master and the forwarded variables."""
+    import json
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    done = subprocess.run([sys.executable, "-m", "launch.cli.main", "launch", "deepspeed", "--hostfile", "hostfile",
+                           "--no-ssh", "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                           "--log-dir", str(tmp_path / "logs"), "--script", str(SCRIPTS / "allreduce.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=140,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite:////forwarded.db", "DS_ACCELERATOR": "cpu"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    layouts = []
+    for rank in (0, 1):
+        text = (tmp_path / "logs" / f"rank-{rank}.log").read_text()
+        layouts.append(json.loads(next(line for line in text.splitlines() if line.startswith("LAYOUT "))[7:]))
+    assert [(x["rank"], x["world_size"], x["sum"]) for x in layouts] == [(0, 2, 3.0), (1, 2, 3.0)]
+    assert all(x["master_port"] == str(port) and x["mlflow_uri"] == "sqlite:////forwarded.db" for x in layouts)

@@ -152,3 +152,17 @@ def test_nothing_to_run(capsys):
     code, err = run_mdeq(capsys, "launch", "local", "--nproc", "1")
     assert code == 2
     assert_one_error(err, "nothing to run")
+
+
+def test_machine_capacity_counts_what_torch_sees(monkeypatch):
+    import os
+
+    import torch
+
+    from launch.preflight import machine_capacity
+
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    capacity = machine_capacity()
+    assert capacity.gpus == expected and capacity.cpu_cores == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # DeepSpeed told to ignore GPUs: cores count
+    assert machine_capacity().gpus == 0

@@ -45,7 +45,8 @@ def slurm_env(job_id: str, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_ID": job_id,
             "SLURM_JOB_NAME": "mdeq", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
             "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.2", "MDEQ_MASTER_PORT": str(free_port()),
-            "FAKE_SLURM_RECORD": str(tmp_path / "record.txt")}
+            "FAKE_SLURM_RECORD": str(tmp_path / "record.txt"),
+            "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes per fake node, also on a machine with one GPU
 
 
 def rank_envs(log_dir: Path) -> list[dict]:

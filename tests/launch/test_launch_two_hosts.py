@@ -55,8 +55,10 @@ def start_node(host: Host, rank: int, master: Host, port: int, tail: list[str], 
                         "--nproc-per-node", "1", "--log-dir", str(log_dir),
                         "--env", f"GLOO_SOCKET_IFNAME={host.interface}",
                         # both "hosts" share this machine's cores: one thread each, no oversubscription
-                        "--env", "OMP_NUM_THREADS=1", *tail])
-    env = {**os.environ, **(extra_env or {})}
+                        "--env", "OMP_NUM_THREADS=1",
+                        # a CPU (gloo) test even on a GPU machine: two "hosts" cannot share one GPU
+                        "--env", "CUDA_VISIBLE_DEVICES=", *tail])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(extra_env or {})}  # preflight counts cores, not GPUs
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
