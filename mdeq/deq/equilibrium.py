@@ -77,7 +77,8 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
             z = torch.lerp(z, step(z), options.phantom_damping)
         return z, stats
     z_in = z_star.detach().requires_grad_()
-    z_out = step(z_in)  # (B, D): the one differentiable f evaluation, an ordinary module call
+    final_step = _Step(f, f_args, None, z0.dtype) if options.fp32_final_step else step
+    z_out = final_step(z_in)  # (B, D): the one differentiable f evaluation, an ordinary module call
     if not z_out.requires_grad:
         return z_out, stats  # nothing to differentiate (frozen f, no grad to z0)
     if f.training and options.jac_reg_weight > 0 and random.random() < options.jac_reg_prob:

@@ -27,4 +27,11 @@ def contractive_tiny_mdeq(dtype: torch.dtype = torch.float64, seed: int = 0) -> 
 
 @pytest.fixture
 def small_mdeq() -> torch.nn.Module:
+    """The contractive tiny MDEQ in float64."""
     return contractive_tiny_mdeq()
+
+
+@pytest.fixture
+def make_contractive_mdeq():
+    """The builder itself, for tests that need several copies or another dtype."""
+    return contractive_tiny_mdeq
