@@ -35,7 +35,7 @@ data.write_imagenet_shards(root / "raw", root / "val", split="val", samples_per_
 PYEOF
 START=$(date +%s)
 $PY -m launch.cli.main launch local --nproc "$GPUS" --max-restarts 0 --log-dir "$WORK/logs" -- train \
-  --config configs/quickstart.yaml --set data.train_shards="$WORK/train" --set data.val_shards="$WORK/val" \
+  --config configs/quickstart.yaml --set model.num_classes=4 --set data.train_shards="$WORK/train" --set data.val_shards="$WORK/val" \
   --set data.workers=1 --set train.max_steps=20 --set train.eval_every=0 --set checkpoint.dir="$WORK/ckpt" \
   --set checkpoint.every_steps=10 --set tracking.uri="sqlite:///$WORK/mlflow.db"
 echo "local GPU launch: $(( $(date +%s) - START )) s; per-rank logs: $(ls "$WORK/logs")"
