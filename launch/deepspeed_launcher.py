@@ -77,8 +77,7 @@ def register(forms: argparse._SubParsersAction, add_common) -> None:
     parser.set_defaults(func=run)
 
 
-def build_command(args: argparse.Namespace, hosts: list[Host], program, env_file: str,
-                  gpus_visible: bool) -> list[str]:
+def build_command(args: argparse.Namespace, hosts: list[Host], program, gpus_visible: bool) -> list[str]:
     """The exact ``deepspeed`` argv (as ``python -m deepspeed.launcher.runner``)."""
     master_addr = args.master_addr or hosts[0].name
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(Path(args.hostfile).resolve()),
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if capacity.gpus == 0 and len({h.slots for h in hosts}) > 1:
         raise LaunchError(f"{args.hostfile}: on CPU hosts the DeepSpeed launcher runs the same number of processes "
                           "on every host: give every host the same slots")
-    command = build_command(args, hosts, program, env_file, gpus_visible=capacity.gpus > 0)
+    command = build_command(args, hosts, program, gpus_visible=capacity.gpus > 0)
     launcher_env = {"DS_ENV_FILE": env_file, **env}
     world_size = sum(h.slots for h in hosts)
     if args.dry_run:
