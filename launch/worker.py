@@ -68,9 +68,9 @@ class RankLogTee:
                 pass
         os.dup2(self.console, 1)
         os.dup2(self.console_err, 2)
-        # The pipe ends once no fd refers to its write end; a leftover child could hold one, so wait
-        # a bounded time.
-        self.thread.join(timeout=5.0)
+        # The pipe ends once no fd refers to its write end; a DataLoader worker still alive until the
+        # interpreter's exit hooks holds one, so wait only briefly (what it prints later is lost).
+        self.thread.join(timeout=1.0)
         self.file.close()
 
 
