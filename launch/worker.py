@@ -13,13 +13,21 @@ rather than by a parent wrapper, so the launcher's signals reach the training pr
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import runpy
+import struct
 import sys
+import termios
 import threading
 import time
 import traceback
 from pathlib import Path
+
+
+def _bytes_waiting(fd: int) -> int:
+    """Bytes readable from a pipe right now."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def rank_from_environment(environ: dict[str, str] | os._Environ = os.environ) -> int:
@@ -48,16 +56,19 @@ class RankLogTee:
         os.dup2(write_end, 2)
         os.close(write_end)
         self.read_end = read_end
+        self.busy = False  # the pump holds a chunk not yet written out
         self.thread = threading.Thread(target=self._pump, name="rank-log", daemon=True)
         self.thread.start()
 
     def _pump(self) -> None:
         while chunk := os.read(self.read_end, 65536):
+            self.busy = True
             self.file.write(chunk)
             try:
                 os.write(self.console, chunk)
             except OSError:
                 pass  # the console went away (launcher killed); keep the file complete
+            self.busy = False
 
     def stop(self) -> None:
         """Restore the console and wait until everything written so far is in the file."""
@@ -68,10 +79,15 @@ class RankLogTee:
                 pass
         os.dup2(self.console, 1)
         os.dup2(self.console_err, 2)
-        # The pipe ends once no fd refers to its write end; a DataLoader worker still alive until the
-        # interpreter's exit hooks holds one, so wait only briefly (what it prints later is lost).
-        self.thread.join(timeout=1.0)
-        self.file.close()
+        # The pipe reaches EOF once no fd refers to its write end, but a DataLoader worker alive until
+        # the interpreter's exit hooks may hold one: wait for EOF or for the pipe to be drained.
+        deadline = time.monotonic() + 5.0
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            self.thread.join(timeout=0.05)
+            if not self.busy and _bytes_waiting(self.read_end) == 0:
+                break
+        if not self.thread.is_alive():
+            self.file.close()  # else the pump may still write a late chunk; the process exit closes it
 
 
 def environment_from_slurm(environ: dict[str, str] | os._Environ = os.environ) -> dict[str, str]:
