@@ -105,6 +105,7 @@ class SlurmJob:
         if header:
             lines.append(f"# {header}")
         lines += [f"#SBATCH {d}" for d in self.directives()]
+        lines.append(f"# (SLURM opens --output before this script runs: {self.log_dir} must exist at submission)")
         lines += ["set -euo pipefail", f"cd {shlex.quote(self.workdir)}", f"mkdir -p {shlex.quote(self.log_dir)}/ranks",
                   ""]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
