@@ -44,12 +44,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float]:
                                f"it was saved from model {payload.get('model', '?')!r}: evaluate with that model's config")
         model.load_state_dict({k: state[k] for k in own})
         model.deq_options = build.deq_options(cfg, spec)
-        dtype = DTYPES[cfg.deepspeed.precision]
-        model.to(layout.device, dtype=dtype)
+        # as in training: fp32 parameters, bf16/fp16 through autocast
+        model.to(layout.device)
+        autocast = None if cfg.deepspeed.precision == "fp32" else DTYPES[cfg.deepspeed.precision]
         loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
                                         **build.eval_loader_args(cfg, layout.rank, layout.world_size))
-        result = evaluate(model, loader, task=task, num_classes=num_classes, device=layout.device, dtype=dtype,
-                          pretrain=bool(cfg.model.weight_tied_layers), max_batches=cfg.data.eval_max_batches)
+        result = evaluate(model, loader, task=task, num_classes=num_classes, device=layout.device,
+                          dtype=torch.float32, pretrain=bool(cfg.model.weight_tied_layers),
+                          max_batches=cfg.data.eval_max_batches, autocast_dtype=autocast)
         metrics = dict(result.metrics)
         metrics["step"] = payload.get("step", -1)
         return metrics

@@ -27,16 +27,21 @@ class EvalResult:
     overlays: list[tuple] = field(default_factory=list)  # (image (3,H,W), label (H,W), pred (H,W)) CPU
 
 
-def _forward(module, images: torch.Tensor, pretrain: bool) -> torch.Tensor:
-    return module(images, pretrain=pretrain)
+def _forward(module, images: torch.Tensor, pretrain: bool, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    if autocast_dtype is None:
+        return module(images, pretrain=pretrain)
+    with torch.autocast(device_type=images.device.type, dtype=autocast_dtype):
+        return module(images, pretrain=pretrain)
 
 
 @torch.no_grad()
 def evaluate(module, loader, *, task: str, num_classes: int, device: torch.device, dtype: torch.dtype,
-             pretrain: bool = False, max_batches: int | None = None, keep_overlays: int = 0) -> EvalResult:
+             pretrain: bool = False, max_batches: int | None = None, keep_overlays: int = 0,
+             autocast_dtype: torch.dtype | None = None) -> EvalResult:
     """Evaluate ``module`` (a DeepSpeed engine or a plain model) over ``loader``; collective.
 
-    ``max_batches`` caps the length (identical on every rank). The module is left in train mode.
+    ``max_batches`` caps the length (identical on every rank). ``autocast_dtype`` runs a plain model's
+    forward under autocast (a DeepSpeed engine applies its own). The module's mode is restored.
     """
     was_training = module.training
     module.eval()
@@ -52,7 +57,7 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
             break
         images = images.to(device, dtype=dtype, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        logits = _forward(module, images, pretrain).float()
+        logits = _forward(module, images, pretrain, autocast_dtype).float()
         if task == "classification":
             keep = targets >= 0  # padding samples carry -1
             loss_sum = F.cross_entropy(logits[keep], targets[keep], reduction="sum").item() if keep.any() else 0.0

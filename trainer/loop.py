@@ -132,6 +132,17 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
         checkpointer.save(engine, step, client_state(step), metric=metric,
                           write_extra=lambda tag_dir: write_weights_into(tag_dir, step))
 
+    metric_key = "top1" if task == "classification" else "miou"
+
+    def run_eval(step: int) -> dict[str, float]:
+        # the mode the last step trained in (``step`` steps done): at the end of warm-up, unrolled
+        pretrain = weight_tied or step <= pretrain_steps
+        result = evaluate(engine, eval_loader, task=task, num_classes=plan.num_classes, device=layout.device,
+                          dtype=dtype, pretrain=pretrain, max_batches=cfg.data.eval_max_batches,
+                          keep_overlays=3 if layout.is_main else 0)
+        log_eval(tracker, progress, result, step, task, plan.num_classes)
+        return result.metrics
+
     step = start_step
     while step < max_steps:
         pretrain = weight_tied or step < pretrain_steps
@@ -173,22 +184,19 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
                 metrics_log.flush()
         eval_now = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == max_steps
         if eval_now:
-            result = evaluate(engine, eval_loader, task=task, num_classes=plan.num_classes, device=layout.device,
-                              dtype=dtype, pretrain=weight_tied or step < pretrain_steps or pretrain_steps >= max_steps,
-                              max_batches=cfg.data.eval_max_batches, keep_overlays=3 if layout.is_main else 0)
-            last_eval = result.metrics
-            key = "top1" if task == "classification" else "miou"
-            best_metric = max(best_metric or float("-inf"), last_eval[key])
-            log_eval(tracker, progress, result, step, task, plan.num_classes)
+            last_eval = run_eval(step)
+            best_metric = max(best_metric or float("-inf"), last_eval[metric_key])
         stop = preemption.should_stop()
         if step == max_steps or stop or checkpointer.should_save(step):
-            save(step, last_eval.get("top1", last_eval.get("miou")) if eval_now else None)
+            save(step, last_eval.get(metric_key) if eval_now else None)
         if stop and step < max_steps:
             progress.message(f"preempted: checkpoint committed at step {step}; exiting with {PREEMPTED_EXIT_CODE}")
             tracker.end("KILLED")
             raise SystemExit(PREEMPTED_EXIT_CODE)
     if metrics_log is not None:
         metrics_log.close()
+    if not last_eval:  # resumed from the final checkpoint: nothing trained, still report the metrics
+        last_eval = run_eval(step)
     final = dict(last_eval)
     if layout.is_main:
         (out_dir / "final_metrics.json").write_text(json.dumps({"step": step, **final}, indent=2))

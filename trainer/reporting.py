@@ -53,7 +53,8 @@ class IntervalMeter:
             "train/lr": self.lr,
             "train/images_per_s": self.samples * self.world_size / elapsed,
             "train/data_wait_fraction": self.data_seconds / elapsed,
-            "train/step_s": steps[len(steps) // 2] if steps else float("nan"),  # median
+            "train/step_s": steps[len(steps) // 2] if steps else float("nan"),  # median of train_step alone
+            "train/wall_step_s": elapsed / max(len(steps), 1),  # wall time per step since the last log point (all of it)
             "train/skipped_steps": float(self.skipped_total),
             "train/warmup": 1.0 if self.pretrain else 0.0,
         }

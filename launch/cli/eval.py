@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
     import os
+    import sys
 
     from trainer.config import load_config
     from trainer.eval_checkpoint import evaluate_checkpoint
@@ -28,11 +29,12 @@ def _eval(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics), flush=True)
     else:
         keys = ["top1", "top5"] if "top1" in metrics else ["miou", "pixel_acc"]
         head = "  ".join(f"{k} {metrics[k]:.2f}%" for k in keys)
         print(f"{head}  loss {metrics['loss']:.4f}  (checkpoint step {metrics['step']})")
-        for key in sorted(k for k in metrics if k.startswith("iou/")):
+        for key in sorted((k for k in metrics if k.startswith("iou/")), key=lambda k: int(k.split("/")[1])):
             print(f"  {key}: {metrics[key]:.2f}")
+    sys.stdout.flush()
     return 0

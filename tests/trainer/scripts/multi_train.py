@@ -15,16 +15,18 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch.distributed as dist
+
 from launch.cli.main import main as mdeq_main
 from trainer.config import load_config
-from trainer.distributed import setup_distributed, teardown
 from trainer.loop import train
 
 
 def run() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
     out = Path(plan["out"])
-    layout = setup_distributed(0)
+    dist.init_process_group("gloo")  # owned here: train() and eval leave it in place
+    is_main = dist.get_rank() == 0
     for item in plan["runs"]:
         record = {"name": item["name"], "error": None}
         try:
@@ -33,15 +35,13 @@ def run() -> None:
                           checkpoint_dir=result.checkpoint_dir, run_id=result.tracking_run_id)
         except Exception as err:  # recorded for the test to report; the next run still runs
             record["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
-        if layout.is_main:
+        if is_main:
             (out / f"{item['name']}.json").write_text(json.dumps(record, default=str))
     for item in plan.get("evals", []):
         print(f"EVAL {item['name']} BEGIN", flush=True)
         code = mdeq_main(item["argv"])
         print(f"EVAL {item['name']} END rc={code}", flush=True)
-    teardown()
-    import torch.distributed as dist
-
+    dist.barrier()
     dist.destroy_process_group()
 
 
