@@ -166,7 +166,10 @@ class TrainStream:
                 continue
             loader = DataLoader(_EpochReader(plan, epoch, start), batch_size=None, num_workers=plan.workers,
                                 prefetch_factor=4 if plan.workers else None, pin_memory=torch.cuda.is_available(),
-                                worker_init_fn=ignore_stop_signals if plan.workers else None)
+                                worker_init_fn=ignore_stop_signals if plan.workers else None,
+                                # its own generator: creating the iterator must not draw from the
+                                # trainer's global torch RNG (a resumed run creates it at another step)
+                                generator=torch.Generator().manual_seed(plan.seed + epoch))
             received = 0
             for batch in loader:
                 if "error" in batch:
@@ -220,6 +223,8 @@ def build_train_stream(dataset: str, shards: str, *, batch_size: int, workers: i
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0:
         raise DataError(f"bad loader layout: batch_size={batch_size}, rank={rank}, world_size={world_size}, "
                         f"workers={workers}")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise DataError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(crop_scale)}")
     shard_set = read_shard_set(shards)
     check_readers(shard_set, world_size, workers)
     shard_set.with_counts()

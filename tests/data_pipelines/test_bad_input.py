@@ -159,3 +159,9 @@ def test_missing_or_foreign_shards_are_clear_errors(tmp_path):
     (tmp_path / "index.json").write_text('{"format": "other"}')
     with pytest.raises(DataError, match=f"not an index written by `mdeq shards`.*{INDEX_FORMAT[:0]}"):
         check_readers(str(tmp_path / "index.json"), 1, 1)
+
+
+def test_bad_crop_scale_is_a_clear_error(imagenet_shards):
+    with pytest.raises(DataError, match=r"data.crop_scale must be \[low, high\]"):
+        build_train_stream("imagenet", str(imagenet_shards["train"]), batch_size=1, workers=0, rank=0, world_size=1,
+                           seed=0, image_size=16, crop_scale=(0.5, 2.0))

@@ -54,6 +54,7 @@ class DataConfig:
     eval_resize: int | None = rng(None, ge=8)  # ImageNet eval: resize to this, then centre-crop image_size
     crop_size: list[int] | None = None  # Cityscapes training crop [W, H]
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # Cityscapes random scale
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # ImageNet RandomResizedCrop area range
     augment: bool = True  # random crop/flip for training (CIFAR recipes turn it off)
     batch_size: int = rng(32, ge=1)  # per process, per micro-step
     eval_batch_size: int | None = rng(None, ge=1)  # per process; default batch_size
