@@ -50,3 +50,42 @@ def test_writing_another_split_into_the_same_directory_is_refused(imagenet_raw, 
     with pytest.raises(DataError, match="write each split into its own directory"):
         write_imagenet_shards(imagenet_raw, imagenet_shards["train"], split="val", progress=False)
     assert os.path.exists(imagenet_shards["train"] / "index.json")
+
+
+def _slow_sample(item: int) -> tuple[str, dict[str, bytes]]:
+    import time
+
+    time.sleep(0.02)  # slow enough to be killed mid-run
+    return f"s{item:04d}", {"cls": str(item % 3).encode(), "txt": b"x" * (item * 37 % 500)}
+
+
+def _write_slowly(out: str) -> None:
+    from data_pipelines.shards.writer import write_shards
+
+    write_shards(out, split="train", items=list(range(120)), make_sample=_slow_sample, samples_per_shard=10,
+                 workers=1, dataset="imagenet", progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_writer_killed_with_sigkill_resumes_to_the_same_shards(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"from tests.data_pipelines.test_writer import _write_slowly; _write_slowly({str(tmp_path / 'a')!r})"
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())
+    progress = tmp_path / "a" / ".progress"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(progress.glob("*.json")) if progress.exists() else []) < 3:
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    done = sorted(p.name for p in (tmp_path / "a").glob("train-*.tar"))
+    assert 3 <= len(done) < 12 and not (tmp_path / "a" / "index.json").exists()  # killed mid-run
+    _write_slowly(str(tmp_path / "a"))  # the re-run
+    _write_slowly(str(tmp_path / "b"))  # a run that was never interrupted
+    index_a = json.loads((tmp_path / "a" / "index.json").read_text())
+    index_b = json.loads((tmp_path / "b" / "index.json").read_text())
+    assert index_a == index_b and len(index_a["shards"]) == 12
+    assert not list((tmp_path / "a").glob(".*.partial-*"))
