@@ -22,6 +22,7 @@ _EXPORTS = {
     "list_models": "mdeq.registry",
     "TransferResult": "mdeq.transfer",
     "load_backbone": "mdeq.transfer",
+    "from_released_state_dict": "mdeq.model.released",
 }
 __all__ = list(_EXPORTS)
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from mdeq.deq.equilibrium import DEQStats, solve_equilibrium  # noqa: F401
     from mdeq.deq.options import DEQOptions  # noqa: F401
     from mdeq.model import MDEQModel, ModelSpec  # noqa: F401
+    from mdeq.model.released import from_released_state_dict  # noqa: F401
     from mdeq.registry import count_parameters, create_model, get_model_spec, list_models  # noqa: F401
     from mdeq.transfer import TransferResult, load_backbone  # noqa: F401
 

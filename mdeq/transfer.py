@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mdeq.errors import MDEQError
+from mdeq.model.released import from_released_state_dict
 
 BACKBONE_PREFIXES = ("stem.", "injection.", "f.")
 # Where trainers nest a model's state dict inside a checkpoint file (DeepSpeed: "module").
@@ -36,12 +37,15 @@ def load_backbone(model: nn.Module, checkpoint: str | Path | Mapping[str, torch.
     """Copy the backbone tensors of ``checkpoint`` into ``model``; the head keeps its own init.
 
     ``checkpoint`` is a state dict or a file holding one (optionally under "module", "model" or
-    "state_dict", with "module." prefixes as DeepSpeed/DDP write them). Head tensors and keys the
+    "state_dict", with "module." prefixes as DeepSpeed/DDP write them); a state dict of the authors'
+    released code (keys ``fullstage.*``) is renamed to our layout first. Head tensors and keys the
     model does not have are skipped. With ``strict`` (default) a backbone tensor whose shape differs
     or a backbone key the checkpoint lacks raises MDEQError (the architectures do not match);
     otherwise those are skipped / listed as missing. Raises MDEQError when nothing could be loaded.
     """
     source = _read_state_dict(checkpoint)
+    if any(key.startswith("fullstage.") for key in source):
+        source, _ = from_released_state_dict(source)  # the authors' released layout
     target = model.state_dict()
     result = TransferResult()
     mismatched = []

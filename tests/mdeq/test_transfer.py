@@ -93,3 +93,4 @@ class Exploit:
 
     def __reduce__(self):
         return (print, ("unpickled!",))
+
