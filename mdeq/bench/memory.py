@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     from mdeq.bench.common import build_model, pick_device
 
     device = pick_device(args.device)
+    model = build_model(args, device)  # no optimizer step is taken: one model serves every row
     rows = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         for cap in args.f_max_iter:
-            model = build_model(args, device)
+            model.zero_grad(set_to_none=True)
             rows.append(measure(model, mode=mode, f_max_iter=cap, b_max_iter=args.b_max_iter, batch=args.batch,
                                 res=args.res, device=device, seed=args.seed))
     return rows

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, labels = synthetic_batch(model, args.batch, args.res, device)
     times, f_nfe, b_nfe, f_res, b_res = [], [], [], [], []
+    buffer_bytes = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(args.warmup + args.steps):
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> dict:
             b_nfe.append(stats.b_nfe)
             f_res.append(stats.rel_residual if options.stop_mode == "rel" else stats.abs_residual)
             b_res.append(stats.b_residual)
+            buffer_bytes = stats.solver_buffer_bytes
     result = {
         "model": args.model, "batch": args.batch, "res": args.res, "precision": args.precision,
         "state_precision": args.state_precision, "grad_mode": args.grad_mode, "device": str(device),
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         "f_nfe": statistics.median(f_nfe), "b_nfe": statistics.median(b_nfe),
         "f_residual_median": statistics.median(f_res), "b_residual_median": statistics.median(b_res),
         "stop_mode": options.stop_mode, "samples_per_s": args.batch / statistics.median(times),
+        "solver_buffer_bytes": buffer_bytes, "history": args.history,
     }
     if device.type == "cuda":
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)

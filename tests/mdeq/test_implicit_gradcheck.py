@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mdeq.deq.options import DEQOptions
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TIGHT = dict(f_solver="broyden", b_solver="broyden", f_max_iter=80, b_max_iter=80, f_tol=1e-13, b_tol=1e-13,
              stop_mode="abs", history=30, state_dtype=torch.float64)

@@ -11,6 +11,8 @@ from mdeq.deq.options import DEQOptions
 from mdeq.errors import MDEQError
 from mdeq.registry import create_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class LinearMap(torch.nn.Module):
     """f(z, x) = W z + x with a symmetric W of known spectrum (float64)."""

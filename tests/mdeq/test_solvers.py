@@ -10,6 +10,8 @@ import torch
 from mdeq.errors import MDEQError
 from mdeq.solvers import get_solver, list_solvers
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SOLVERS = ["broyden", "anderson", "fixed_point"]
 
 

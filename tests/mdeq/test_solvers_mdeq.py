@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mdeq.registry import create_model
 from mdeq.solvers import get_solver
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _mdeq_f(model, images):
