@@ -62,7 +62,9 @@ def _read_index(index_url: str) -> ShardSet:
         raise DataError(f"{index_url} is not an index written by `mdeq shards` (format {index.get('format')!r})")
     base = index_url.rsplit("/", 1)[0] if "/" in index_url else "."
     shards = index["shards"]
-    return ShardSet(spec=index_url, urls=[f"{base}/{s['name']}" for s in shards],
+    # names are relative to the index; an absolute path or URL (an index of someone else's shards) is kept
+    urls = [s["name"] if "://" in s["name"] or s["name"].startswith("/") else f"{base}/{s['name']}" for s in shards]
+    return ShardSet(spec=index_url, urls=urls,
                     counts=[int(s["samples"]) for s in shards], dataset=index.get("dataset"),
                     split=index.get("split"), classes=list(index.get("classes", [])),
                     num_classes=index.get("num_classes"), image_size=index.get("image_size"))
@@ -136,3 +138,21 @@ def check_readers(spec: str | ShardSet, world_size: int, workers: int) -> ShardS
             f"workers = {readers} readers each need at least one: write more, smaller shards{hint} "
             f"or lower data.workers")
     return shard_set
+
+
+def write_index_for(spec: str, out: str, *, dataset: str = "imagenet", num_classes: int | None = None) -> ShardSet:
+    """Count the samples of existing shards (e.g. a community release) once and write an index for them.
+
+    The index lists the shards by absolute path/URL, so ``out`` can live anywhere (even locally for
+    remote shards); pass ``out`` as the shard spec afterwards and no rank has to count again.
+    """
+    shard_set = read_shard_set(spec).with_counts()
+    urls = [u if is_remote(u) else os.path.abspath(local_path(u)) for u in shard_set.urls]
+    index = {"format": INDEX_FORMAT, "dataset": dataset, "split": None, "num_classes": num_classes,
+             "classes": [], "samples": sum(shard_set.counts),
+             "shards": [{"name": u, "samples": n} for u, n in zip(urls, shard_set.counts)]}
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(index, f, indent=1)
+    os.replace(tmp, out)
+    return read_shard_set(out)

@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("shards", help="write WebDataset shards from the raw ImageNet/Cityscapes layout")
-    kinds = parser.add_subparsers(dest="dataset", metavar="DATASET")
+    kinds = parser.add_subparsers(dest="dataset", metavar="DATASET|index")
     kinds.required = True
     for name, default_per_shard in (("imagenet", 1000), ("cityscapes", 100)):
         kind = kinds.add_parser(name, help=f"{name} raw layout -> shards + index.json (re-run to resume)")
@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             kind.add_argument("--val-labels", default=None,
                               help="LOC_val_solution.csv for a flat val/ (default: searched beside --src)")
         kind.set_defaults(func=_run)
+    index = kinds.add_parser("index", help="count existing shards (e.g. a community release) once into an index")
+    index.add_argument("--shards", required=True, help="brace pattern, directory, glob or URLs of the shards")
+    index.add_argument("--out", required=True, help="index file to write (use it as the shard spec afterwards)")
+    index.add_argument("--dataset", choices=("imagenet", "cityscapes"), default="imagenet")
+    index.add_argument("--num-classes", type=int, default=None)
+    index.set_defaults(func=_index)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,4 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         shard_set = write_cityscapes_shards(args.src, args.out, **common)
     print(f"{len(shard_set.urls)} shards, {shard_set.total_samples} samples, index {args.out}/index.json")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from data_pipelines.shards.index import write_index_for
+
+    shard_set = write_index_for(args.shards, args.out, dataset=args.dataset, num_classes=args.num_classes)
+    print(f"{len(shard_set.urls)} shards, {shard_set.total_samples} samples, index {args.out}")
     return 0

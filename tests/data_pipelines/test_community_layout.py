@@ -36,3 +36,21 @@ def test_shards_written_by_webdataset_are_streamed_without_conversion(tmp_path):
     loader = build_eval_loader("imagenet", str(tmp_path), batch_size=5, workers=0, rank=0, world_size=1,
                                image_size=16)
     assert sum(int((t >= 0).sum()) for _, t in loader) == 12
+
+
+def test_index_for_foreign_shards_is_written_once_and_read_as_the_spec(tmp_path):
+    from launch.cli.main import main
+
+    shards = tmp_path / "release"
+    shards.mkdir()
+    for shard in range(2):
+        with webdataset.TarWriter(str(shards / f"part-{shard}.tar")) as sink:
+            for i in range(shard + 2):
+                sink.write({"__key__": f"s{shard}_{i}", "jpg": b"not decoded here", "cls": 1})
+    index = tmp_path / "elsewhere" / "release-index.json"
+    index.parent.mkdir()
+    assert main(["shards", "index", "--shards", str(shards / "part-{0..1}.tar"), "--out", str(index),
+                 "--num-classes", "1000"]) == 0
+    shard_set = read_shard_set(str(index))
+    assert shard_set.counts == [2, 3] and shard_set.urls == [str(shards / "part-0.tar"), str(shards / "part-1.tar")]
+    assert num_classes_of(str(index)) == 1000
