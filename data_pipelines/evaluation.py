@@ -1,8 +1,10 @@
 """The evaluation loader: every sample exactly once across ranks, equal batch counts on every rank.
 
-With at least ``world_size × workers`` shards, reader ``rank × workers + worker`` reads shards
-``reader, reader + readers, ...`` in order; with fewer (small validation sets often have one or
-two shards) every reader reads all shards and keeps samples ``i ≡ reader (mod readers)``. Ranks
+Shards are dealt to groups of readers (reader = rank × workers + worker): with at least
+``world_size × workers`` shards every reader is its own group; with at least ``world_size`` each
+rank's workers form a group; otherwise all readers form one (small validation sets often have one
+or two shards). A group reads its shards in order and its ``m`` members keep samples
+``i ≡ member (mod m)``, so no sample is read by more readers than needed. Ranks
 with fewer batches are padded at the end with padding batches (target -1 for ImageNet, all-255
 label maps for Cityscapes), which metrics ignore; so are undecodable samples, which are counted.
 """
@@ -28,13 +30,19 @@ log = logging.getLogger("data_pipelines")
 PAD_CLASS = -1
 
 
-def _reader_counts(shard_set: ShardSet, readers: int) -> tuple[str, list[int]]:
-    """('shards'|'samples', real samples of each reader)."""
-    counts = shard_set.counts
-    if len(counts) >= readers:
-        return "shards", [sum(counts[r::readers]) for r in range(readers)]
-    total = sum(counts)
-    return "samples", [len(range(r, total, readers)) for r in range(readers)]
+def _reader_groups(num_shards: int, world_size: int, worker_slots: int) -> int:
+    """How many groups the shards are dealt to (see the module docstring)."""
+    readers = world_size * worker_slots
+    return readers if num_shards >= readers else world_size if num_shards >= world_size else 1
+
+
+def _reader_counts(shard_set: ShardSet, world_size: int, worker_slots: int) -> tuple[int, list[int]]:
+    """(groups, real samples of each reader)."""
+    readers = world_size * worker_slots
+    groups = _reader_groups(len(shard_set.counts), world_size, worker_slots)
+    members = readers // groups
+    group_sizes = [sum(shard_set.counts[g::groups]) for g in range(groups)]
+    return groups, [len(range(r % members, group_sizes[r // members], members)) for r in range(readers)]
 
 
 def _pad_target(decode: DecodeSpec, image: torch.Tensor):
@@ -58,19 +66,20 @@ def _collate(decode: DecodeSpec, images: list, targets: list) -> tuple[torch.Ten
 
 class _EvalReader(IterableDataset):
     def __init__(self, loader: EvalLoader):
-        self.urls, self.mode = loader.shard_set.urls, loader.mode
+        self.urls, self.groups = loader.shard_set.urls, loader.groups
         self.decode, self.batch_size = loader.decode, loader.batch_size
         self.rank, self.slots, self.readers = loader.rank, loader.worker_slots, loader.readers
         self.pad_shape = loader.pad_shape
 
     def _raw(self, reader: int):
-        urls = self.urls[reader::self.readers] if self.mode == "shards" else self.urls
-        index = 0
-        for url in urls:
+        members = self.readers // self.groups
+        group, member = reader // members, reader % members
+        index = 0  # sample number within the group's shards
+        for url in self.urls[group::self.groups]:
             try:
                 with open_with_retries(url) as stream:
                     for sample in iter_tar_samples(stream, url, self.decode.wanted):
-                        if self.mode == "shards" or index % self.readers == reader:
+                        if index % members == member:
                             yield sample
                         index += 1
             except (OSError, TruncatedShard) as err:
@@ -106,7 +115,7 @@ class EvalLoader:
         self.workers, self.rank, self.world_size = workers, rank, world_size
         self.worker_slots = max(workers, 1)
         self.readers = world_size * self.worker_slots
-        self.mode, counts = _reader_counts(shard_set, self.readers)
+        self.groups, counts = _reader_counts(shard_set, world_size, self.worker_slots)
         per_rank_batches = [sum(math.ceil(counts[r * self.worker_slots + w] / batch_size)
                                 for w in range(self.worker_slots)) for r in range(world_size)]
         self.num_batches = max(per_rank_batches)
@@ -124,7 +133,8 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(_EvalReader(self), batch_size=None, num_workers=self.workers,
-                            worker_init_fn=ignore_stop_signals if self.workers else None)
+                            worker_init_fn=ignore_stop_signals if self.workers else None,
+                            generator=torch.Generator())  # leave the trainer's global RNG alone
         produced = 0
         for item in loader:
             if produced == self.num_batches:

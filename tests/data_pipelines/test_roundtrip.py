@@ -52,17 +52,18 @@ def test_class_map_and_index_written_beside_shards(imagenet_shards):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("workers", [0, 2])
-def test_eval_sees_every_val_sample_once_with_equal_batches_per_rank(imagenet_shards, imagenet_raw, workers):
+# 3 val shards: one shard group per reader (2x0), per rank (2x2), one group for all readers (4x1)
+@pytest.mark.parametrize("world,workers", [(2, 0), (2, 2), (4, 1)])
+def test_eval_sees_every_val_sample_once_with_equal_batches_per_rank(imagenet_shards, imagenet_raw, world, workers):
     import csv
 
     truth = {row["ImageId"]: row["PredictionString"].split()[0]
              for row in csv.DictReader(open(imagenet_raw / "LOC_val_solution.csv"))}
     classes = read_shard_set(str(imagenet_shards["val"])).classes
     lengths, labels, real, padded = [], Counter(), 0, 0
-    for rank in range(WORLD):
+    for rank in range(world):
         loader = build_eval_loader("imagenet", str(imagenet_shards["val"]), batch_size=BATCH, workers=workers,
-                                   rank=rank, world_size=WORLD, image_size=16, eval_resize=18)
+                                   rank=rank, world_size=world, image_size=16, eval_resize=18)
         batches = list(loader)
         lengths.append(len(batches))
         assert len(batches) == len(loader)
@@ -71,7 +72,7 @@ def test_eval_sees_every_val_sample_once_with_equal_batches_per_rank(imagenet_sh
             labels.update(t for t in targets.tolist() if t != -1)
             real += sum(t != -1 for t in targets.tolist())
             padded += sum(t == -1 for t in targets.tolist())
-    assert lengths[0] == lengths[1]
+    assert len(set(lengths)) == 1
     assert real == CLASSES * VAL_PER_CLASS
     if workers == 0:  # 3 shards of 4 over 2 readers: 8 vs 4 samples, rank 1 gets 2 padding batches
         assert lengths == [4, 4] and padded == 4
