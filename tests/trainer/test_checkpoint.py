@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import Checkpointer, check_compatible, store
+from trainer.checkpoint import Checkpointer, check_compatible, classify_changes, store
 from trainer.checkpoint.files import unsafe_globals
 from trainer.checkpoint.rng import capture_rng_state, restore_rng_state
 from trainer.config import CheckpointConfig, config_to_dict, load_config
@@ -170,6 +170,10 @@ def test_breaking_config_change_is_refused_naming_keys_and_safe_change_allowed(t
 
 def test_check_compatible_allows_safe_keys_only():
     base = config_to_dict(load_config(None))
+    older = json.loads(json.dumps(base))
+    del older["train"]["seed"]  # a checkpoint from before a field existed: its default is no change
+    assert classify_changes(older, base) == ([], [])
+    assert classify_changes(older, config_to_dict(load_config(None, ["train.seed=4"])))[0] == ["train.seed"]
     check_compatible(base, config_to_dict(load_config(None, ["checkpoint.keep_last=9", "tracking.enabled=false"])))
     with pytest.raises(TrainerError, match="train.seed"):
         check_compatible(base, config_to_dict(load_config(None, ["train.seed=1"])))

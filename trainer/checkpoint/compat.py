@@ -49,12 +49,25 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
 
+def _defaults() -> dict[str, Any]:
+    from trainer.config import Config, config_to_dict
+
+    return _flatten(config_to_dict(Config()))
+
+
 def classify_changes(saved_config: dict[str, Any], config: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """``(breaking keys, other unsafe-but-allowed keys)`` that differ between the two configs."""
+    """``(breaking keys, other unsafe-but-allowed keys)`` that differ between the two configs.
+
+    A key the saved config does not have (a field added to the schema since) counts as unchanged
+    while it holds its default.
+    """
     saved, now = _flatten(saved_config), _flatten(config)
+    defaults = _defaults()
     breaking, other = [], []
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) == now.get(key):
+            continue
+        if key not in saved and key in defaults and now.get(key) == defaults[key]:
             continue
         if _matches(key, BREAKING_PREFIXES) and key not in BREAKING_EXCEPTIONS:
             breaking.append(key)
