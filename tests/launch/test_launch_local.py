@@ -31,9 +31,10 @@ def test_local_restarts_failed_workers_and_logs_per_rank(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(150)
-def test_deepspeed_launcher_runs_one_process_per_slot_on_cpu(tmp_path):
-    """The DeepSpeed launcher would start one process per CPU host; with the slots passed as
-    --num_accelerators it starts two, each with its rank, the master and the forwarded variables."""
+def test_deepspeed_launcher_over_ssh_forwards_the_environment(tmp_path):
+    """The DeepSpeed launcher in its ssh (pdsh) mode, with a fake pdsh that gives the "remote" command an
+    empty environment: GLOO_SOCKET_IFNAME (which DeepSpeed does not forward itself) and MLFLOW_* still
+    arrive through the .deepspeed_env file; on CPU the slots become processes (--num_accelerators)."""
     import json
     import socket
 
@@ -41,15 +42,19 @@ def test_deepspeed_launcher_runs_one_process_per_slot_on_cpu(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    env = {**os.environ, "PATH": f"{SCRIPTS.parent / 'fake_ssh'}:{os.environ['PATH']}", "GLOO_SOCKET_IFNAME": "lo",
+           "MLFLOW_TRACKING_URI": "sqlite:////forwarded.db", "DS_ACCELERATOR": "cpu"}
     done = subprocess.run([sys.executable, "-m", "launch.cli.main", "launch", "deepspeed", "--hostfile", "hostfile",
-                           "--no-ssh", "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                           "--log-dir", str(tmp_path / "logs"), "--script", str(SCRIPTS / "allreduce.py")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=140,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite:////forwarded.db", "DS_ACCELERATOR": "cpu"})
+                           "--master-addr", "127.0.0.1", "--master-port", str(port),
+                           "--log-dir", str(tmp_path / "logs"), "--env", "DS_ACCELERATOR=cpu",
+                           "--script", str(SCRIPTS / "allreduce.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=140, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     layouts = []
     for rank in (0, 1):
         text = (tmp_path / "logs" / f"rank-{rank}.log").read_text()
         layouts.append(json.loads(next(line for line in text.splitlines() if line.startswith("LAYOUT "))[7:]))
     assert [(x["rank"], x["world_size"], x["sum"]) for x in layouts] == [(0, 2, 3.0), (1, 2, 3.0)]
-    assert all(x["master_port"] == str(port) and x["mlflow_uri"] == "sqlite:////forwarded.db" for x in layouts)
+    for layout in layouts:
+        assert layout["master_addr"] == "127.0.0.1" and layout["master_port"] == str(port)
+        assert layout["gloo_ifname"] == "lo" and layout["mlflow_uri"] == "sqlite:////forwarded.db"
