@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except user_error_types() as err:
         print(f"mdeq {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_code", 2))  # e.g. DivergenceError: 3 (see docs/fault-tolerance.md)
     except KeyboardInterrupt:
         print(f"mdeq {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -59,3 +59,20 @@ def test_finiteness_helpers(bad):
     assert grads_finite(layer)
     layer.weight.grad[0, 0] = bad
     assert not grads_finite(layer)
+
+
+def test_divergence_error_exits_with_its_own_code_through_the_cli(monkeypatch, capsys):
+    import argparse
+
+    import launch.cli.main as cli
+    from trainer.fault import DIVERGED_EXIT_CODE, DivergenceError
+
+    def diverge(args):
+        raise DivergenceError("training diverged at step 7")
+
+    parser = argparse.ArgumentParser(prog="mdeq")
+    parser.add_subparsers(dest="command").add_parser("train").set_defaults(func=diverge)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["train"]) == DIVERGED_EXIT_CODE
+    assert DIVERGED_EXIT_CODE not in (0, 1, 2, PREEMPTED_EXIT_CODE)
+    assert "training diverged at step 7" in capsys.readouterr().err  # one message, no traceback

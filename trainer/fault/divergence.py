@@ -18,6 +18,7 @@ import torch
 
 from trainer.errors import TrainerError
 from trainer.fault.collectives import any_rank
+from trainer.fault.exit_codes import DIVERGED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ Verdict = Literal["ok", "skip", "rollback", "abort"]
 
 
 class DivergenceError(TrainerError):
-    """Training diverged and could not be recovered (exit with ``DIVERGED_EXIT_CODE``)."""
+    """Training diverged and could not be recovered; the CLI exits with ``DIVERGED_EXIT_CODE``."""
+
+    exit_code = DIVERGED_EXIT_CODE
 
 
 def all_finite(values: Iterable[torch.Tensor | float | None]) -> bool:
