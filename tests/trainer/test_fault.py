@@ -27,6 +27,24 @@ def test_sigterm_and_sigusr1_set_the_flag_and_start_the_grace_clock():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_grace_time_is_enforced_when_no_step_boundary_comes(tmp_path):
+    """A rank stuck in a long step still exits within grace_seconds of the signal, with code 75."""
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, signal, time\n"
+              "from trainer.fault import PreemptionHandler\n"
+              "PreemptionHandler(grace_seconds=0.5).install()\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(30)  # a step that never reaches should_stop()\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == PREEMPTED_EXIT_CODE, done.stderr
+    assert time.monotonic() - started < 20
+    assert "grace_seconds=0.5" in done.stderr
+
+
 def test_preempted_exit_code_is_distinct_from_errors_and_signals():
     assert PREEMPTED_EXIT_CODE not in (0, 1, 2, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
 

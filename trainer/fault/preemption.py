@@ -5,17 +5,26 @@ workers, and the launchers allow ~30 s before SIGKILL. A signal handler must not
 itself (collectives from inside a handler deadlock), so it only records the request; the loop asks
 ``should_stop()`` once per optimizer step, which all-reduces the flag so every rank stops at the
 *same* step, then saves and exits with ``PREEMPTED_EXIT_CODE``.
+
+The grace time is a promise to the scheduler: ``grace_seconds`` after the first signal the process
+is gone. Normally it has committed and exited long before; if a step (or the save) is still running
+then, a watchdog ends the process with ``PREEMPTED_EXIT_CODE`` anyway - an unfinished save is never
+committed, so the relaunch continues from the previous committed checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from types import FrameType
 from typing import Any
 
 from trainer.fault.collectives import any_rank
+from trainer.fault.exit_codes import PREEMPTED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +45,12 @@ class PreemptionHandler:
         preemption.uninstall()
     """
 
-    def __init__(self, grace_seconds: float = 20.0, signals: tuple[int, ...] = DEFAULT_SIGNALS):
+    def __init__(self, grace_seconds: float = 20.0, signals: tuple[int, ...] = DEFAULT_SIGNALS,
+                 enforce_grace: bool = True):
         self.grace_seconds = grace_seconds
         self.signals = signals
+        self.enforce_grace = enforce_grace  # exit when the grace time runs out (see module docstring)
+        self._watchdog: threading.Timer | None = None
         self.signal_received: int | None = None  # signal number of the first request
         self.requested_at: float | None = None  # time.monotonic() of the first request
         self._previous: dict[int, Any] = {}
@@ -50,16 +62,33 @@ class PreemptionHandler:
         return self
 
     def uninstall(self) -> None:
-        """Restore the handlers that were there before ``install()``."""
+        """Restore the handlers that were there before ``install()`` and stop the grace watchdog."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Only set a flag: no I/O, no collectives inside a signal handler.
+        # Only set a flag (and arm the watchdog): no I/O, no collectives inside a signal handler.
         if self.signal_received is None:
             self.signal_received = signum
             self.requested_at = time.monotonic()
+            self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        if self.enforce_grace and self._watchdog is None:
+            self._watchdog = threading.Timer(self.grace_seconds, self._grace_expired)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _grace_expired(self) -> None:
+        sys.stderr.write(f"preemption: no checkpoint committed within checkpoint.grace_seconds="
+                         f"{self.grace_seconds:g} s of the signal; exiting with {PREEMPTED_EXIT_CODE} (the "
+                         "relaunch resumes from the previous committed checkpoint)\n")
+        sys.stderr.flush()
+        os._exit(PREEMPTED_EXIT_CODE)
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a stop as if ``signum`` had arrived (tests, or the loop's own time limit)."""
@@ -75,6 +104,7 @@ class PreemptionHandler:
         stop = any_rank(self.requested_locally)
         if stop and self.requested_at is None:
             self.requested_at = time.monotonic()  # another rank got the signal: start our clock too
+            self._arm_watchdog()
         return stop
 
     def seconds_left(self) -> float:
