@@ -16,7 +16,7 @@ def test_forward_backward_every_registered_model(name):
     torch.manual_seed(0)
     model = mdeq.create_model(name, device=DEVICE)
     # Small caps keep the XL entries cheap here; the recipe caps are checked in test_registry.
-    model.deq_options.f_max_iter, model.deq_options.b_max_iter = 3, 3
+    model.deq_options.f_max_iter, model.deq_options.b_max_iter = 2, 2
     spec = mdeq.get_model_spec(name)
     x = torch.randn(2, 3, 32, 32, device=DEVICE)  # 32 = the smallest size 4 branches after 2 stem halvings allow
 
