@@ -8,6 +8,9 @@ import torch
 import mdeq
 from mdeq.errors import MDEQError
 
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(MDEQError, match="unknown model 'resnet50'") as err:

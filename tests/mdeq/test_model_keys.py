@@ -3,9 +3,13 @@ that updates this file and docs/model.md ("State-dict layout") together."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import mdeq
+
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PINNED_TINY_KEYS = {
     'stem.layers.0.conv.weight': (8, 3, 3, 3),

@@ -3,11 +3,15 @@ one joint solve that couples every branch, and a deterministic N(0, 0.01) build.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import mdeq
 from mdeq.model.dropout import VariationalDropout2d
 from mdeq.model.weight_norm import WeightNormConv2d
+
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def four_branch_model(**overrides):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import mdeq
 from mdeq.model.released import from_released_state_dict
+
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 BN = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 STATS = ["running_mean", "running_var", "num_batches_tracked"]  # the head's BatchNorms have no affine

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 
 import mdeq
 
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def train_one_step(model, x, pretrain=False):
     """One SGD step on a classification loss; returns (loss, max |param change|)."""

@@ -7,6 +7,9 @@ import torch
 
 import mdeq
 
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # On a GPU machine the same test checks every entry there.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

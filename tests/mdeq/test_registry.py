@@ -12,6 +12,9 @@ import mdeq
 from mdeq.model.spec import OVERRIDE_KEYS
 from mdeq.registry import count_parameters
 
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 
 # name: (task, channels, E, dropout, downsample, F cap, B cap, stop, warm-up steps, warm-up layers, classes)

@@ -14,6 +14,9 @@ from mdeq.errors import MDEQError
 from mdeq.model import MDEQModel
 from mdeq.transfer import BACKBONE_PREFIXES
 
+# One torch thread: on the shared, oversubscribed CI machine a second one made these tests many times slower.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def backbone(model):
     return {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIXES)}
