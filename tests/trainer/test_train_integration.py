@@ -225,3 +225,19 @@ def test_eval_cli_reproduces_final_evaluation(launch):
     final = launch["results"]["zero0"]["final_metrics"]
     assert metrics["top1"] == pytest.approx(final["top1"]) and metrics["top5"] == pytest.approx(final["top5"])
     assert metrics["step"] == STEPS
+
+
+@pytest.mark.timeout(1200)
+def test_zero3_checkpoint_holds_the_full_weights(launch):
+    import torch
+
+    def weights(name: str) -> dict:
+        files = sorted((launch["tmp"] / name / "ckpt").glob("step_*/model.pt"))
+        assert files, f"{name}: no model.pt in its checkpoints"
+        return torch.load(files[-1], weights_only=True)["state_dict"]
+
+    zero3, zero0 = weights("zero3"), weights("zero0")
+    assert zero3.keys() == zero0.keys()
+    for key, value in zero3.items():
+        assert value.shape == zero0[key].shape, key  # gathered, not ZeRO-3's empty partitions
+        assert torch.allclose(value.float(), zero0[key].float(), rtol=1e-3, atol=1e-5), key
