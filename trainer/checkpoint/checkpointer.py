@@ -154,8 +154,9 @@ class Checkpointer:
         else:
             saved = json.loads((tag_dir / store.client_file(0)).read_text())
             client_state = {**saved["client_state"], "resumed_from_world_size": point.world_size}
-            log.warning("resuming a %d-process checkpoint with %d processes: rank 0's loader state is given to "
-                        "every rank and RNG states are not restored", point.world_size, self.world_size)
+            if self.rank == 0:
+                log.warning("resuming a %d-process checkpoint with %d processes: rank 0's loader state is given "
+                            "to every rank and RNG states are not restored", point.world_size, self.world_size)
         self.last_committed = point
         self._last_save_time = time.monotonic()
         return client_state
