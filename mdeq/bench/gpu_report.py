@@ -5,7 +5,8 @@ Torch + mdeq only (the GPU image has no deepspeed/mlflow). Run on the GPU machin
     python -m mdeq.bench.gpu_report --json-out gpu_report.json
 
 Defaults measure imagenet-large at 224x224, batch 32, forward/backward caps 26/27, 3 timed steps
-after 1 warm-up step per configuration. A configuration that runs out of memory is reported with
+after 1 warm-up step per configuration: fp32 and bf16 (autocast) forwards, implicit and unrolled
+gradients, and bf16 with the implicit backward in bf16 too (``bf16:implicit:compute``). A configuration that runs out of memory is reported with
 ``"oom": true`` and the rest go on. Every row is printed as one JSON line as soon as it is measured
 (so a run cut short still leaves figures), and the whole list is printed at the end.
 """
@@ -17,8 +18,8 @@ import json
 import sys
 import time
 
-# (precision of the forward, gradient mode, history or None for the default)
-DEFAULT_CONFIGS = "fp32:implicit,bf16:implicit,fp32:unrolled,bf16:unrolled"
+# precision:grad_mode[:backward precision] (fp32 = DEQOptions.fp32_final_step, compute = bf16 too)
+DEFAULT_CONFIGS = "fp32:implicit,bf16:implicit,bf16:implicit:compute,fp32:unrolled,bf16:unrolled"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--configs", default=DEFAULT_CONFIGS,
-                        help="comma-separated precision:grad_mode pairs, e.g. fp32:implicit,bf16:unrolled")
+                        help="comma-separated precision:grad_mode[:fp32|compute], e.g. fp32:implicit,bf16:unrolled")
     parser.add_argument("--json-out", default=None, help="also write the list of rows to this file")
     return parser.parse_args(argv)
 
@@ -50,15 +51,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     started = time.perf_counter()
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        precision, grad_mode = config.split(":")
+        precision, grad_mode, *rest = config.split(":")
         run_args = argparse.Namespace(**vars(args))
         run_args.precision, run_args.grad_mode, run_args.f_tol, run_args.threads = precision, grad_mode, None, 0
+        run_args.backward_precision = rest[0] if rest else "fp32"
         try:
             row = step.run(run_args)
             row.pop("step_s", None)
         except torch.cuda.OutOfMemoryError as err:
             row = {"model": args.model, "batch": args.batch, "res": args.res, "precision": precision,
-                   "grad_mode": grad_mode, "oom": True, "error": str(err).splitlines()[0]}
+                   "grad_mode": grad_mode, "backward_precision": run_args.backward_precision, "oom": True, "error": str(err).splitlines()[0]}
         if torch.cuda.is_available():
             row["device_name"] = torch.cuda.get_device_name()
             torch.cuda.empty_cache()

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--f-tol", type=float, default=None, help="forward tolerance (default: model's)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="autocast dtype of the forward (f included)")
+    parser.add_argument("--backward-precision", default="fp32", choices=["fp32", "compute"],
+                        help="fp32: the differentiable f step at z* (and the adjoint VJPs) without autocast; "
+                             "compute: in --precision too (DEQOptions.fp32_final_step=False)")
     parser.add_argument("--grad-mode", default="implicit", choices=["implicit", "unrolled", "phantom"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -39,27 +42,29 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(args, device)
     options = model.deq_options
     options.f_max_iter, options.b_max_iter, options.grad_mode = args.f_max_iter, args.b_max_iter, args.grad_mode
+    options.fp32_final_step = getattr(args, "backward_precision", "fp32") == "fp32"
     if args.f_tol is not None:
         options.f_tol = args.f_tol
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, labels = synthetic_batch(model, args.batch, args.res, device)
     times, f_nfe, b_nfe, f_res, b_res = [], [], [], [], []
-    buffer_bytes = 0
+    buffer_bytes, cpu_times = 0, []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(args.warmup + args.steps):
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(args.precision, device):
             loss = task_loss(model(images), labels)
         loss.backward()
         optimizer.step()
         _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if i >= args.warmup:
             stats = model.last_stats
             times.append(elapsed)
+            cpu_times.append(cpu)
             f_nfe.append(stats.nfe)
             b_nfe.append(stats.b_nfe)
             f_res.append(stats.rel_residual if options.stop_mode == "rel" else stats.abs_residual)
@@ -67,10 +72,14 @@ def run(args: argparse.Namespace) -> dict:
             buffer_bytes = stats.solver_buffer_bytes
     result = {
         "model": args.model, "batch": args.batch, "res": args.res, "precision": args.precision,
+        "backward_precision": "fp32" if options.fp32_final_step and args.grad_mode == "implicit" else args.precision,
         "state_precision": args.state_precision, "grad_mode": args.grad_mode, "device": str(device),
         "threads": torch.get_num_threads(), "f_solver": args.f_solver, "b_solver": args.b_solver,
         "f_max_iter": args.f_max_iter, "b_max_iter": args.b_max_iter, "steps": args.steps,
         "step_s_median": statistics.median(times), "step_s": times,
+        # process CPU seconds per step (all threads): with --threads 1 it estimates the step time on
+        # an idle core even when the machine is shared
+        "cpu_s_median": statistics.median(cpu_times),
         "f_nfe": statistics.median(f_nfe), "b_nfe": statistics.median(b_nfe),
         "f_residual_median": statistics.median(f_res), "b_residual_median": statistics.median(b_res),
         "stop_mode": options.stop_mode, "samples_per_s": args.batch / statistics.median(times),

@@ -47,9 +47,10 @@ def test_step_bench_reports_time_and_solver_counts(capsys):
 def test_gpu_report_runs_at_a_tiny_size_on_any_device(tmp_path, capsys):
     out = tmp_path / "report.json"
     rows = gpu_report.main(["--model", "tiny", "--res", "8", "--batch", "2", "--steps", "1", "--warmup", "0",
-                            "--f-max-iter", "3", "--b-max-iter", "3", "--configs", "bf16:implicit,fp32:unrolled",
+                            "--f-max-iter", "3", "--b-max-iter", "3", "--configs", "bf16:implicit:compute,fp32:unrolled",
                             "--json-out", str(out)])
-    assert [(r["precision"], r["grad_mode"]) for r in rows] == [("bf16", "implicit"), ("fp32", "unrolled")]
+    assert [(r["precision"], r["grad_mode"], r["backward_precision"]) for r in rows] == [
+        ("bf16", "implicit", "bf16"), ("fp32", "unrolled", "fp32")]
     saved = json.loads(out.read_text())
     assert [(r["precision"], r["grad_mode"], r["f_nfe"]) for r in saved] == [
         (r["precision"], r["grad_mode"], r["f_nfe"]) for r in rows]
