@@ -1,4 +1,9 @@
-"""``mdeq train --config F [--set k=v ...]``: train under torchrun, the DeepSpeed launcher or alone."""
+"""``mdeq train --config F [--set k=v ...]``: train under torchrun, the DeepSpeed launcher or alone.
+
+Exit codes: 0 done; 2 a user error (bad config, data, checkpoint; one message); 3 the divergence
+guard gave up (``trainer.fault.DIVERGED_EXIT_CODE``); 75 preempted after a committed checkpoint
+(``PREEMPTED_EXIT_CODE``: relaunch the same command to continue).
+"""
 
 from __future__ import annotations
 
@@ -16,18 +21,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import json
+    import os
+    import sys
 
     from trainer.config import load_config
+    from trainer.fault import DIVERGED_EXIT_CODE, DivergenceError
     from trainer.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg)
-    import os
-
+    try:
+        result = train(cfg)
+    except DivergenceError as err:
+        print(f"mdeq train: error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE
     if os.environ.get("RANK", "0") == "0":
         if args.json:
-            print(json.dumps({"steps": result.steps, **result.final_metrics}))
+            print(json.dumps({"steps": result.steps, **result.final_metrics}), flush=True)
         else:
             print(f"done: {result.steps} steps; final metrics {json.dumps(result.final_metrics)}; "
-                  f"run folder {result.output_dir}; checkpoints {result.checkpoint_dir}")
+                  f"run folder {result.output_dir}; checkpoints {result.checkpoint_dir}", flush=True)
     return 0
