@@ -55,3 +55,12 @@ def test_gpu_report_runs_at_a_tiny_size_on_any_device(tmp_path, capsys):
     assert [(r["precision"], r["grad_mode"], r["f_nfe"]) for r in saved] == [
         (r["precision"], r["grad_mode"], r["f_nfe"]) for r in rows]
     assert all(r["step_s_median"] > 0 for r in rows)
+
+
+def test_solvers_bench_reports_evaluations_to_each_tolerance(capsys):
+    rows = _bench_json(capsys, "solvers", "--model", "tiny", "--batch", "2", "--res", "8", "--max-iter", "6",
+                       "--tolerances", "2.0,1e-9")
+    assert [r["solver"] for r in rows] == ["fixed_point", "broyden", "anderson"]
+    for row in rows:
+        assert row["nfe_to_tol"] == {"2.0": 1, "1e-09": None}  # from zeros the first residual is 1
+        assert 0 < row["lowest_residual"] <= 1.0
