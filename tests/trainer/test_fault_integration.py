@@ -15,6 +15,8 @@ wave 1   reference   torchrun, 2 ranks, uninterrupted
 wave 2   relaunch    the preempted run relaunched after truncating a file of its newest checkpoint
          shrink      1 process resumes the reference's 2-process checkpoint, with a NaN injected at
                      step 13, MLflow on SQLite
+         diverging   the same with train.max_bad_steps=1: the NaN recurs after every rollback ->
+                     3 rollbacks, then exit code 3
 
 Exactness: same world size and CPU fp32 kernels in the same order, so weights are compared bitwise.
 """
@@ -277,12 +279,18 @@ def runs(tmp_path_factory):
                      tracking__uri=f"sqlite:///{root / 'shrink' / 'mlflow.db'}")
         shutil.copytree(reference.ckpt, shrink.ckpt)
         shrink.ranks(1)
+        # a NaN at the same step after every rollback: roll back 3 times, then give up
+        diverging = Run(root, "diverging", data_dir, train__max_steps=MAX_STEPS + 2, train__inject_nan_at_step=MAX_STEPS,
+                        train__max_bad_steps=1)
+        shutil.copytree(reference.ckpt, diverging.ckpt)
+        diverging.ranks(1)
         out["relaunch_codes"] = preempted.wait(240)
         out["shrink_codes"] = shrink.wait(240)
+        out["diverging_codes"] = diverging.wait(240)
     finally:
         for run in (reference, chaos, preempted):
             run.kill()
-    out.update(reference=reference, chaos=chaos, preempted=preempted, shrink=shrink)
+    out.update(reference=reference, chaos=chaos, preempted=preempted, shrink=shrink, diverging=diverging)
     return out
 
 
@@ -362,3 +370,15 @@ def test_two_process_checkpoint_resumes_in_one_process_and_nan_step_is_skipped(r
             assert _all_finite(safe_torch_load(path)), f"{path} holds a non-finite value"
             checked += 1
     assert checked and max(shrink.committed()) == MAX_STEPS + 4
+
+
+@pytest.mark.timeout(900)
+def test_repeated_divergence_rolls_back_to_the_last_commit_then_aborts_with_exit_3(runs):
+    from trainer.fault import DIVERGED_EXIT_CODE
+
+    diverging = runs["diverging"]
+    text = diverging.text()
+    assert runs["diverging_codes"] == [DIVERGED_EXIT_CODE], text[-3000:]
+    assert text.count(f"rolled back to step {MAX_STEPS}") == 3
+    assert "training diverged" in text and "Traceback" not in text
+    assert diverging.committed() == [MAX_STEPS - EVERY, MAX_STEPS]  # nothing saved from the bad steps
