@@ -209,6 +209,11 @@ def test_files_importing_code_are_detected_without_unpickling(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(2), "step": 3}, plain)
     assert unsafe_globals(plain) == []
+    # the legacy (non-zip) format cannot be scanned: it is checked by a weights_only load instead
+    legacy_evil, legacy_plain = tmp_path / "legacy_evil.pt", tmp_path / "legacy_plain.pt"
+    torch.save({"x": Payload()}, legacy_evil, _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.ones(2)}, legacy_plain, _use_new_zipfile_serialization=False)
+    assert unsafe_globals(legacy_evil) and unsafe_globals(legacy_plain) == []
 
 
 def test_rng_state_roundtrip_through_json():

@@ -221,6 +221,7 @@ def runs(tmp_path_factory):
     reference = Run(root, "reference", data_dir)
     chaos = Run(root, "chaos", data_dir)
     preempted = Run(root, "preempted", data_dir)
+    started = [reference, chaos, preempted]
     try:
         # ---- wave 1
         reference.torchrun(2)
@@ -278,17 +279,19 @@ def runs(tmp_path_factory):
                      checkpoint__every_steps=2, tracking__enabled=True,
                      tracking__uri=f"sqlite:///{root / 'shrink' / 'mlflow.db'}")
         shutil.copytree(reference.ckpt, shrink.ckpt)
+        started.append(shrink)
         shrink.ranks(1)
         # a NaN at the same step after every rollback: roll back 3 times, then give up
         diverging = Run(root, "diverging", data_dir, train__max_steps=MAX_STEPS + 2, train__inject_nan_at_step=MAX_STEPS,
                         train__max_bad_steps=1)
         shutil.copytree(reference.ckpt, diverging.ckpt)
+        started.append(diverging)
         diverging.ranks(1)
         out["relaunch_codes"] = preempted.wait(240)
         out["shrink_codes"] = shrink.wait(240)
         out["diverging_codes"] = diverging.wait(240)
     finally:
-        for run in (reference, chaos, preempted):
+        for run in started:  # whatever failed, leave no training processes behind
             run.kill()
     out.update(reference=reference, chaos=chaos, preempted=preempted, shrink=shrink, diverging=diverging)
     return out

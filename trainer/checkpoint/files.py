@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,17 @@ def describe_files(root: Path, with_hash: bool) -> dict[str, dict[str, Any]]:
 def unsafe_globals(path: Path) -> list[str]:
     """Globals a torch file would import beyond ``weights_only`` defaults and DeepSpeed's safe ones.
 
-    Reads only the pickle opcodes (no tensor data, no code run); raises on an unreadable file.
+    Zip-format files (torch's default, DeepSpeed's too): reads only the pickle opcodes (no tensor
+    data, no code run). Legacy-format files (``_use_new_zipfile_serialization=False``) cannot be
+    scanned, so they are loaded with ``weights_only=True`` instead (runs no code, reads the tensors).
+    Raises on an unreadable file.
     """
+    if not zipfile.is_zipfile(path):
+        try:
+            safe_torch_load(path, map_location="cpu")
+        except pickle.UnpicklingError as err:
+            return [str(err).strip().splitlines()[0][:200]]
+        return []
     found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     return [name for name in found if name not in DEEPSPEED_SAFE_GLOBALS]
 
