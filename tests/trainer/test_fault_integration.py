@@ -99,7 +99,8 @@ class Run:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                f"--max-restarts={max_restarts}", "-m", "launch.cli.main", "train", "--config", str(self.config)]
         with open(self.log("torchrun"), "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(self.dir, **env), cwd=REPO)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(self.dir, **env), cwd=REPO,
+                                    start_new_session=True)  # kill() takes the whole tree down
         self.procs = [proc]
         return proc
 
