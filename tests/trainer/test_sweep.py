@@ -135,3 +135,26 @@ def test_every_sweep_file_in_configs_resolves():
         points = expand_points(spec, root)
         assert points, path
         assert len({p.point_id for p in points}) == len(points), path
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_default_subprocess_executor_nests_the_trainer_run(tmp_path):
+    """One point as `mdeq train` in a subprocess: MLFLOW_RUN_ID hands it the nested run."""
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text(
+        f"name: one\nbase: {SWEEPS / 'base-tiny.yaml'}\nplan: false\n"
+        "synthetic: {classes: 2, train_per_class: 4, val_per_class: 2, size: 32, samples_per_shard: 4}\n"
+        "set: {train.max_steps: 1, train.log_every: 1, data.batch_size: 4, data.eval_max_batches: 1}\n"
+        "grid: {deq.f_max_iter: [3]}\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep(sweep, output_dir=tmp_path / "out", tracking_uri=uri, log=lambda *_: None)
+    assert not result.failed, result.rows[0].get("error")
+    row = result.rows[0]
+    assert (tmp_path / "out" / "points" / row["point_id"] / "train.log").is_file()
+    assert row["f_nfe"] == 3 and row["peak_rss_mib"] > 100  # a whole training process was sampled
+    child = MlflowClient(uri).get_run(row["mlflow_run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert child.info.status == "FINISHED" and "train/loss" in child.data.metrics

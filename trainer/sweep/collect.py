@@ -90,7 +90,12 @@ def collect_row(point: SweepPoint, cfg: Config, point_dir: Path, spec: SweepSpec
         **{f"set.{k}": v for k, v in point.overrides.items()},
     }
     if spec.plan:
-        row["plan_peak_mib"] = planned_peak_bytes(cfg, nproc) / (1 << 20)
+        from mdeq.errors import MDEQError
+
+        try:
+            row["plan_peak_mib"] = planned_peak_bytes(cfg, nproc) / (1 << 20)
+        except MDEQError as err:  # a size the planner cannot take must not lose the trained point
+            row["plan_error"] = str(err)
     return row
 
 
