@@ -66,9 +66,9 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         h_dg = h_g_new - h_g_old  # H dg
         denom = torch.linalg.vecdot(v, dg)  # (B,) dz^T H dg
         safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
-        u = (dz - h_dg).div_(torch.where(safe, denom, 1.0)[:, None])
-        u = torch.where(safe[:, None], u, 0.0)
-        v = torch.where(safe[:, None], v, 0.0)
+        keep = safe.to(dtype)[:, None]  # (B, 1): 0 zeroes a skipped sample's pair (all finite here)
+        u = (dz - h_dg).div_(torch.where(safe, denom, 1.0)[:, None]).mul_(keep)
+        v = v.mul_(keep)
         us[:, slot] = u
         vs[:, slot] = v
         # good Broyden: H_new = H + u v^T, so H_new g_new = H g_new + u (v . g_new)
