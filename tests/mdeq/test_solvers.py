@@ -137,3 +137,12 @@ def test_bad_arguments_raise_clear_errors():
         get_solver("broyden")(f, torch.zeros_like(exact), max_iter=5, tol=1e-3, stop_mode="max")
     with pytest.raises(MDEQError, match="flat"):
         get_solver("anderson")(f, torch.zeros(2, 3, 4), max_iter=5, tol=1e-3)
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_tiny_caps_use_exactly_the_cap(name, cap):
+    f, exact = _linear_problem(radius=0.5)
+    z, stats = get_solver(name)(f, torch.zeros_like(exact), max_iter=cap, tol=1e-30, state_dtype=torch.float64)
+    assert stats.nfe == cap and len(stats.residual_trace) == cap and torch.isfinite(z).all()
+    assert stats.rel_residual == pytest.approx(min(stats.residual_trace))
