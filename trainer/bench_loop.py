@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--workers", type=int, default=1, help="loader workers of mdeq train")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternate bench step / train this many times (both see the same machine load)")
 
 
 def _mdeq(*argv: str) -> subprocess.CompletedProcess:
@@ -35,18 +37,24 @@ def _mdeq(*argv: str) -> subprocess.CompletedProcess:
                           env=env, check=False)
 
 
-def run(args: argparse.Namespace) -> dict:
-    import data_pipelines as data
-
+def _bench_step(args: argparse.Namespace) -> dict:
     bench = _mdeq("bench", "step", "--model", args.model, "--batch", str(args.batch), "--res", str(args.res),
                   "--f-max-iter", str(args.f_max_iter), "--b-max-iter", str(args.b_max_iter), "--f-tol", "1e-12",
                   "--precision", "fp32", "--steps", str(args.steps), "--warmup", str(args.warmup), "--json")
     if bench.returncode != 0:
         raise RuntimeError(f"mdeq bench step failed:\n{bench.stderr[-3000:]}")
-    bench_result = json.loads(bench.stdout[bench.stdout.index("{"):])
+    return json.loads(bench.stdout[bench.stdout.index("{"):])
+
+
+def _train_steps(args: argparse.Namespace) -> list[dict]:
+    import data_pipelines as data
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data.synth_imagenet(root / "raw", classes=10, train_per_class=max(8, args.batch // 2), val_per_class=2,
+        # one epoch covers the whole run: an epoch boundary restarts the loader workers, which a real
+        # (long) epoch amortises but a tiny synthetic one would charge to a few of the timed steps
+        per_class = -(-args.batch * (args.warmup + args.steps + 1) // 10)
+        data.synth_imagenet(root / "raw", classes=10, train_per_class=per_class, val_per_class=2,
                             size=args.res, seed=0)
         data.write_imagenet_shards(root / "raw", root / "train", split="train", samples_per_shard=64, progress=False)
         data.write_imagenet_shards(root / "raw", root / "val", split="val", samples_per_shard=10, progress=False)
@@ -66,16 +74,27 @@ def run(args: argparse.Namespace) -> dict:
         if train.returncode != 0:
             raise RuntimeError(f"mdeq train failed:\n{train.stderr[-3000:]}")
         history = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
-    timed = [h for h in history if h["step"] > args.warmup]
+    return [h for h in history if h["step"] > args.warmup]
+
+
+def run(args: argparse.Namespace) -> dict:
+    bench_times: list[float] = []
+    timed: list[dict] = []
+    for _ in range(args.repeats):
+        bench_result = _bench_step(args)
+        bench_times += bench_result["step_s"]
+        timed += _train_steps(args)
     wall = [h["train/wall_step_s"] for h in timed]
     inner = [h["train/step_s"] for h in timed]
     train_median = statistics.median(wall)
+    bench_median = statistics.median(bench_times)
     return {
         "model": args.model, "batch": args.batch, "res": args.res, "f_max_iter": args.f_max_iter,
         "b_max_iter": args.b_max_iter, "steps": args.steps,
         "train_step_s_median": train_median, "train_inner_step_s_median": statistics.median(inner),
-        "bench_step_s_median": bench_result["step_s_median"],
-        "ratio": train_median / bench_result["step_s_median"],
+        "bench_step_s_median": bench_median, "repeats": args.repeats,
+        "ratio": train_median / bench_median,
+        "train_data_wait_fraction_median": statistics.median(h["train/data_wait_fraction"] for h in timed),
         "train_f_nfe": statistics.median(h.get("solver/f_nfe", 0) for h in timed),
         "bench_f_nfe": bench_result["f_nfe"], "train_b_nfe": statistics.median(h.get("solver/b_nfe", 0) for h in timed),
         "bench_b_nfe": bench_result["b_nfe"],
