@@ -23,6 +23,9 @@ from pathlib import Path
 
 import psutil
 
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 class RSSSampler:
     """Highest summed RSS of ``pid`` and its descendants while running (a daemon thread)."""
@@ -80,7 +83,9 @@ def run_subprocess(config_path: Path, *, nproc: int, run_id: str | None, trackin
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *train]
     else:
         cmd = [sys.executable, *train]
-    env = dict(os.environ)
+    # A point is its own job: never inherit a launcher layout (an in-process point, or the sweep
+    # itself running under torchrun, leaves RANK/MASTER_PORT... here; the child would reuse the port).
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
     env.pop("MLFLOW_RUN_ID", None)
     if run_id:
         env["MLFLOW_RUN_ID"] = run_id
@@ -111,6 +116,7 @@ def run_in_process(cfg, *, run_id: str | None) -> Execution:
     """``trainer.loop.train(cfg)`` in this process (one rank), for quick sweeps and tests."""
     from trainer.loop import train
 
+    saved_env = {k: os.environ.get(k) for k in LAUNCHER_ENV}  # the trainer exports a 1-process layout
     if run_id:
         os.environ["MLFLOW_RUN_ID"] = run_id  # MLflow's start_run consumes (and removes) it
     start = time.perf_counter()
@@ -122,6 +128,11 @@ def run_in_process(cfg, *, run_id: str | None) -> Execution:
                          error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     finally:
         os.environ.pop("MLFLOW_RUN_ID", None)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         _forget_deepspeed_groups()
     return Execution(True, time.perf_counter() - start, sampler.peak)
 
