@@ -129,7 +129,8 @@ def train_stream_args(cfg: Config, rank: int, world_size: int) -> dict[str, Any]
     data = cfg.data
     args: dict[str, Any] = dict(batch_size=data.batch_size, workers=data.workers, rank=rank,
                                 world_size=world_size, seed=cfg.train.seed, image_size=data.image_size,
-                                scale_range=tuple(data.scale_range), augment=data.augment,
+                                scale_range=tuple(data.scale_range), crop_scale=tuple(data.crop_scale),
+                                augment=data.augment,
                                 shuffle_buffer=data.shuffle_buffer, max_bad_fraction=data.max_bad_fraction,
                                 eval_resize=data.eval_resize)
     if data.crop_size is not None:

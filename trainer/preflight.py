@@ -38,6 +38,19 @@ def _check_shards(spec: str, key: str, world_size: int, workers: int, need_reade
     return data.num_classes_of(spec)
 
 
+def _check_gpus_per_node() -> None:
+    """One GPU per process: NCCL refuses two ranks on one device."""
+    import os
+
+    import torch
+
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if torch.cuda.is_available() and per_node > torch.cuda.device_count():
+        raise TrainerError(f"{per_node} processes on this node but only {torch.cuda.device_count()} GPU(s) visible: "
+                           "start one process per GPU (e.g. torchrun --nproc-per-node "
+                           f"{torch.cuda.device_count()}), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU")
+
+
 def preflight(cfg: Config, world_size: int) -> Plan:
     """Validate ``cfg`` for a job of ``world_size`` processes; raises one clear error or returns the plan."""
     from trainer.transfer import read_init_from
@@ -51,6 +64,7 @@ def preflight(cfg: Config, world_size: int) -> Plan:
         raise TrainerError(f"model.name={cfg.model.name!r} is a {spec.task} model but data.dataset="
                            f"{cfg.data.dataset!r} needs a {task} model: use one of {', '.join(fitting)}")
     batching = build.batching(cfg, world_size)
+    _check_gpus_per_node()
     if cfg.train.max_steps < 1:
         raise TrainerError("train.max_steps must be at least 1 (nothing to train)")
     data_classes = _check_shards(cfg.data.train_shards, "data.train_shards", world_size, cfg.data.workers, True)

@@ -80,9 +80,20 @@ def write_config(opts: QuickstartOptions, train: Path, val: Path) -> Path:
 
 def run_training(config: Path, opts: QuickstartOptions) -> None:
     """torchrun --standalone --nproc-per-node N -m launch.cli.main train --config CONFIG."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={opts.nproc}",
+    import torch
+
+    nproc, extra = opts.nproc, []
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < gpus < nproc:
+        # one process per GPU; accumulation keeps the samples per step (and so the recipe) unchanged
+        if nproc % gpus:
+            raise TrainerError(f"--nproc {nproc} cannot be spread over {gpus} GPU(s): use a multiple of {gpus}")
+        extra = [f"train.grad_accum_steps={nproc // gpus}"]
+        print(f"[quickstart] {gpus} GPU(s): {gpus} process(es) with {nproc // gpus} accumulation steps", flush=True)
+        nproc = gpus
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "launch.cli.main", "train", "--config", str(config)]
-    for item in opts.overrides:
+    for item in [*extra, *opts.overrides]:
         command += ["--set", item]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one core per rank on a small machine; no oversubscription
