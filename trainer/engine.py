@@ -18,13 +18,26 @@ from trainer.config.loader import deep_merge
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# "no clipping" under ZeRO 1-3: a threshold no norm reaches. DeepSpeed's ZeRO optimizers check the
+# gradient norm for NaN/Inf (and then drop the update) only when clipping is on, outside fp16/bf16
+# modes; with 0 a non-finite gradient from a finite loss would reach the weights. ZeRO 0 is checked
+# by the loop itself (trainer.step), so 0 stays 0 there.
+NO_CLIP_THRESHOLD = 1e30
+
+
+def _clipping(cfg: Config) -> float:
+    if cfg.train.grad_clip > 0:
+        return float(cfg.train.grad_clip)
+    return 0.0 if cfg.deepspeed.zero_stage == 0 else NO_CLIP_THRESHOLD
+
+
 def ds_config(cfg: Config, grad_accum_steps: int) -> dict[str, Any]:
     """The DeepSpeed config dict for ``cfg`` (``deepspeed.extra`` merged on top)."""
     precision = cfg.deepspeed.precision
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
-        "gradient_clipping": float(cfg.train.grad_clip),
+        "gradient_clipping": _clipping(cfg),
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
         "zero_allow_untested_optimizer": True,
         # Mixed precision is torch autocast over fp32 parameters (DeepSpeed's "torch_autocast"), not

@@ -8,7 +8,7 @@ import torch
 import mdeq
 from trainer import build
 from trainer.config import load_config
-from trainer.engine import ds_config
+from trainer.engine import NO_CLIP_THRESHOLD, ds_config
 from trainer.errors import TrainerError
 
 
@@ -49,7 +49,11 @@ def test_ds_config_sets_clipping_optimizer_permission_and_precision():
     cfg = load_config(None, ["train.grad_clip=0", "deepspeed.zero_stage=3", "deepspeed.precision=bf16",
                              "data.batch_size=5", "deepspeed.extra.wall_clock_breakdown=true"])
     config = ds_config(cfg, grad_accum_steps=3)
-    assert config["gradient_clipping"] == 0.0  # explicit: DeepSpeed's default would be 1.0
+    # explicit (DeepSpeed's default would be 1.0); "off" under ZeRO 1-3 = a threshold no norm reaches, so
+    # DeepSpeed still checks the norm for NaN/Inf and drops such an update
+    assert config["gradient_clipping"] == NO_CLIP_THRESHOLD
+    assert ds_config(load_config(None, ["train.grad_clip=0", "deepspeed.zero_stage=0"]), 1)["gradient_clipping"] == 0.0
+    assert ds_config(load_config(None, ["train.grad_clip=0.5"]), 1)["gradient_clipping"] == 0.5
     assert config["zero_allow_untested_optimizer"] is True
     assert config["train_micro_batch_size_per_gpu"] == 5 and config["gradient_accumulation_steps"] == 3
     assert "train_batch_size" not in config
