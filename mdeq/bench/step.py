@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> dict:
         optimizer.step()
         _sync(device)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        if i == 0:  # the only forward every configuration runs on the same (initial) weights
+            first = model.last_stats
+            first_res = first.rel_residual if options.stop_mode == "rel" else first.abs_residual
         if i >= args.warmup:
             stats = model.last_stats
             times.append(elapsed)
@@ -82,6 +85,12 @@ def run(args: argparse.Namespace) -> dict:
         "cpu_s_median": statistics.median(cpu_times),
         "f_nfe": statistics.median(f_nfe), "b_nfe": statistics.median(b_nfe),
         "f_residual_median": statistics.median(f_res), "b_residual_median": statistics.median(b_res),
+        # the timed steps' residuals come from weights already trained by the earlier steps, and the
+        # gradient mode changes that training: compare configurations on f_residual_initial
+        "f_residual_initial": first_res, "f_nfe_initial": first.nfe,
+        "f_residual_kind": ("per-sample ||f(z)-z|| of the last unrolled step, batch mean" if args.grad_mode == "unrolled"
+                            else "per-sample ||f(z)-z|| of the lowest-residual iterate, batch mean")
+        + (" / ||f(z)||" if options.stop_mode == "rel" else ""),
         "stop_mode": options.stop_mode, "samples_per_s": args.batch / statistics.median(times),
         "solver_buffer_bytes": buffer_bytes, "history": args.history,
     }

@@ -33,7 +33,7 @@ class SolverStats:
     abs_residual: float  # mean ||f(z)-z|| of the returned iterate
     rel_residual: float  # mean ||f(z)-z|| / ||f(z)|| of the returned iterate
     branch_residuals: list[float] = field(default_factory=list)  # per branch, in stop mode
-    lowest_step: int = 0  # 1-based f evaluation with the lowest mean residual
+    lowest_step: int = 0  # 1-based f evaluation with the lowest mean residual (after z0, see ResidualTracker)
     converged: bool = False  # every sample reached tol
     protective_break: bool = False  # stopped because the residual exploded or went non-finite
     nonfinite: bool = False  # f returned inf/nan at some iterate
@@ -47,6 +47,10 @@ def work_dtype(z0: torch.Tensor) -> torch.dtype:
 
 class ResidualTracker:
     """Per-sample residuals, the lowest-residual iterate per sample, stopping and divergence.
+
+    The initial guess z0 counts only as a fallback: the returned iterate is the lowest-residual one
+    among the iterates after z0 (z0 itself only when no later iterate of that sample is finite, or
+    when the solve stopped at the first evaluation), as in the released Broyden.
 
     Keeps per-branch squared norms of f(z)-z and f(z) for the best iterate (B, branches), so the
     per-branch residuals need no copy of f(z). One host sync per f evaluation (a single small
@@ -92,7 +96,13 @@ class ResidualTracker:
         diff_sq, f_sq = self._branch_sq(diff), self._branch_sq(fz)  # (B, nb) each
         abs_res = diff_sq.sum(1).sqrt()  # (B,)
         res = abs_res / (f_sq.sum(1).sqrt() + 1e-12) if self.rel else abs_res
-        improved = res < self.best_res  # nan compares False: a non-finite iterate is never "best"
+        if self.nfe == 2:
+            # the initial guess is only a fallback: the first finite iterate after it replaces it
+            # whatever its residual. Otherwise a solve whose residual grows (the adjoint of a
+            # non-contractive f, from zeros, in abs mode) returns z0 = 0: a zero implicit gradient.
+            improved = torch.isfinite(res)
+        else:
+            improved = res < self.best_res  # nan compares False: a non-finite iterate is never "best"
         torch.where(improved[:, None], z, self.best_z, out=self.best_z)
         torch.where(improved, res, self.best_res, out=self.best_res)
         torch.where(improved[:, None], diff_sq, self.best_diff_sq, out=self.best_diff_sq)
@@ -114,8 +124,9 @@ class ResidualTracker:
 
     def result(self, buffer_bytes: int = 0) -> tuple[torch.Tensor, SolverStats]:
         """The lowest-residual iterate per sample and the statistics of the solve."""
-        finite = [r for r in self.trace if math.isfinite(r)]
-        lowest = 1 + self.trace.index(min(finite)) if finite else 0
+        first = 1 if len(self.trace) > 1 and any(math.isfinite(r) for r in self.trace[1:]) else 0
+        finite = [r for r in self.trace[first:] if math.isfinite(r)]  # z0 is a fallback only (observe)
+        lowest = 1 + self.trace.index(min(finite), first) if finite else 0
         branch_abs = self.best_diff_sq.sqrt()  # (B, nb)
         branch = branch_abs / (self.best_f_sq.sqrt() + 1e-12) if self.rel else branch_abs
         never = torch.isinf(self.best_res)[:, None]  # a sample with no finite iterate at all

@@ -46,3 +46,32 @@ def test_broyden_needs_fewer_f_evaluations_than_fixed_point_on_the_stock_mdeq_f(
     # measured here: Broyden reaches a relative residual of 0.3 in ~9 evaluations; fixed-point
     # iteration stalls around 0.8 and never gets there
     assert to_tol["broyden"] is not None and to_tol["fixed_point"] is None
+
+
+@pytest.mark.parametrize("model_name, res", [("cifar-small", 32), ("imagenet-small", 32)])
+@torch.no_grad()
+def test_broyden_ends_no_worse_than_fixed_point_at_equal_f_evaluations(model_name, res):
+    # imagenet-small: 4 branches with downsampling fusion (the GPU report's model family), abs mode
+    torch.manual_seed(0)
+    model = create_model(model_name, dropout=0.0).train()
+    f, z0, sizes = _mdeq_f(model, torch.randn(2, 3, res, res))
+    final = {}
+    for name in ("broyden", "fixed_point"):
+        _, stats = get_solver(name)(f, z0, max_iter=12, tol=1e-30, stop_mode="abs", history=8, branch_sizes=sizes)
+        assert stats.nfe == 12 and not stats.protective_break
+        final[name] = stats.abs_residual
+    assert final["broyden"] <= final["fixed_point"]
+
+
+def test_implicit_backward_of_the_stock_mdeq_reaches_every_parameter_of_f():
+    # At init the adjoint iteration grows (spectral radius > 1); the solver once returned its
+    # initial guess g = 0 there (lowest abs residual), so f and the stem got exactly zero gradient.
+    torch.manual_seed(0)
+    model = create_model("cifar-small", dropout=0.0).train()
+    model.deq_options.stop_mode = "abs"
+    logits = model(torch.randn(2, 3, 32, 32))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    assert model.last_stats.b_nfe >= 2
+    zero = [name for name, p in model.named_parameters()
+            if not name.startswith("head") and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert zero == []
