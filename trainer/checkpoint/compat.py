@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from trainer.config.loader import flatten_config
 from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
@@ -35,16 +36,6 @@ SAFE_PREFIXES = (
 )
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
 
@@ -52,7 +43,7 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 def _defaults() -> dict[str, Any]:
     from trainer.config import Config, config_to_dict
 
-    return _flatten(config_to_dict(Config()))
+    return flatten_config(config_to_dict(Config()))
 
 
 def classify_changes(saved_config: dict[str, Any], config: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -61,7 +52,7 @@ def classify_changes(saved_config: dict[str, Any], config: dict[str, Any]) -> tu
     A key the saved config does not have (a field added to the schema since) counts as unchanged
     while it holds its default.
     """
-    saved, now = _flatten(saved_config), _flatten(config)
+    saved, now = flatten_config(saved_config), flatten_config(config)
     defaults = _defaults()
     breaking, other = [], []
     for key in sorted(set(saved) | set(now)):
@@ -80,7 +71,7 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any]) -> No
     """Raise ``TrainerError`` naming the keys when ``config`` cannot resume ``saved_config``'s run."""
     breaking, other = classify_changes(saved_config, config)
     if breaking:
-        saved, now = _flatten(saved_config), _flatten(config)
+        saved, now = flatten_config(saved_config), flatten_config(config)
         detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in breaking)
         raise TrainerError(
             f"cannot resume: the config changed in ways a checkpoint cannot follow ({detail}). Restore "
