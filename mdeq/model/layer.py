@@ -54,6 +54,9 @@ class MDEQLayer(nn.Module):
         if self.fusion is not None:
             weights += self.fusion.prepare()
         active = [m for m in masks if m is not None]
+        # the state's maps are channels_last (StateLayout); the injections are added to them in every
+        # f evaluation, so convert them once here rather than mixing memory formats in each sum
+        injections = [inj.contiguous(memory_format=torch.channels_last) for inj in injections]
         return tuple(injections) + tuple(weights) + tuple(active)
 
     def forward(self, z: torch.Tensor, *f_args: torch.Tensor) -> torch.Tensor:
