@@ -42,6 +42,9 @@ def test_step_bench_reports_time_and_solver_counts(capsys):
                       "--b-max-iter", "3", "--steps", "1", "--warmup", "0")
     assert row["step_s_median"] > 0 and row["f_nfe"] <= 3 and 1 <= row["b_nfe"] <= 3
     assert row["precision"] == "fp32" and row["grad_mode"] == "implicit"
+    # the residual of the first step (initial weights, the same for every configuration) and what it is
+    assert row["f_residual_initial"] > 0 and row["f_nfe_initial"] <= 3
+    assert "lowest-residual iterate" in row["f_residual_kind"]
 
 
 def test_gpu_report_runs_at_a_tiny_size_on_any_device(tmp_path, capsys):
