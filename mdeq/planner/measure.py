@@ -29,7 +29,7 @@ class Measurement:
     """Peak bytes of the last measured step, how they were counted, and the solver's iterations."""
 
     peak: int
-    method: str  # "cuda.max_memory_allocated" | "live tensor bytes (CPU)"
+    method: str  # "cuda.max_memory_allocated" | "live tensor bytes (<device>)"
     device: str
     f_evaluations: int
     b_evaluations: int
@@ -45,8 +45,15 @@ def _optimizer(name: str, params, momentum: float) -> torch.optim.Optimizer:
 
 
 def measure_peak_memory(request: PlanRequest, *, steps: int = 2, device: str | torch.device | None = None,
-                        seed: int = 0) -> Measurement:
-    """Run ``steps`` real fp32 training steps of ``request`` (world 1, ZeRO-0) and measure the last."""
+                        seed: int = 0, method: str = "auto") -> Measurement:
+    """Run ``steps`` real fp32 training steps of ``request`` (world 1, ZeRO-0) and measure the last.
+
+    ``method``: ``auto`` (the CUDA allocator's peak on CUDA, live tensor bytes elsewhere),
+    ``allocator`` (CUDA only) or ``live-bytes`` (any device; on CUDA it separates what the planner
+    models, tensors, from what it does not: cuDNN workspaces and allocator rounding).
+    """
+    if method not in ("auto", "allocator", "live-bytes"):
+        raise MDEQError(f"measurement method {method!r} is unknown; use auto, allocator or live-bytes")
     from mdeq.registry import create_model
 
     if request.precision != "fp32" or request.zero_stage != 0 or request.world_size != 1:
@@ -77,7 +84,9 @@ def measure_peak_memory(request: PlanRequest, *, steps: int = 2, device: str | t
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
+    if method == "allocator" and device.type != "cuda":
+        raise MDEQError("the allocator method needs a CUDA device; use live-bytes elsewhere")
+    if device.type == "cuda" and method != "live-bytes":
         for _ in range(steps - 1):
             step()
         torch.cuda.synchronize(device)
@@ -98,7 +107,7 @@ def measure_peak_memory(request: PlanRequest, *, steps: int = 2, device: str | t
             start = time.perf_counter()
             step()
             elapsed = time.perf_counter() - start
-        peak, method = meter.peak_bytes, "live tensor bytes (CPU)"
+        peak, method = meter.peak_bytes, f"live tensor bytes ({device.type})"
     stats = model.last_stats
     return Measurement(peak=peak, method=method, device=str(device), f_evaluations=getattr(stats, "nfe", 0),
                        b_evaluations=getattr(stats, "b_nfe", 0), seconds_per_step=elapsed)
