@@ -1,4 +1,4 @@
-"""The checkpointer across processes: a 2-rank ZeRO save commits once and resumes in 1 process.
+"""The checkpointer across processes: a 2-rank ZeRO save commits once and resumes in 1 process (ZeRO-0..3).
 
 Run as a test it launches itself under torchrun (``python -m torch.distributed.run ... this_file
 --worker``) so the save, the commit barrier and the re-sharding run in real gloo process groups.
@@ -21,6 +21,10 @@ PYTHON = sys.executable
 # run name -> (ZeRO stage, optimizer state tensors that must survive the re-sharding, bf16)
 OPTIMIZERS = {"sgd": (1, ["momentum_buffer"], False), "adam": (1, ["exp_avg", "exp_avg_sq"], False),
               "sgd-zero0": (0, ["momentum_buffer"], False), "adam-bf16": (1, ["exp_avg", "exp_avg_sq"], True)}
+# ZeRO-3 (no per-parameter mapping in its files: trainer/checkpoint/universal_zero3.py)
+OPTIMIZERS_ZERO3 = {"sgd-zero3": (3, ["momentum_buffer"], False),
+                    "adam-bf16-zero3": (3, ["exp_avg", "exp_avg_sq"], True)}
+RUNS = {"zero012": OPTIMIZERS, "zero3": OPTIMIZERS_ZERO3}
 
 
 def _free_port() -> int:
@@ -41,13 +45,13 @@ def _launch(nproc: int, *args: str, timeout: float = 150) -> subprocess.Complete
 def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
     # ZeRO-1 SGD (momentum: DeepSpeed's own ds_to_universal cannot convert it), Adam, Adam with bf16
     # (the quickstart's layout), ZeRO-0 SGD; all in one launch for the save and one for the resume
-    saved = _launch(2, "save", str(tmp_path))
+    saved = _launch(2, "save", str(tmp_path), "zero012")
     assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-3000:]
     for optimizer, (stage, _, _) in OPTIMIZERS.items():
         marker = json.loads((tmp_path / optimizer / "step_000000003" / "COMMITTED.json").read_text())
         assert marker["world_size"] == 2 and marker["zero_stage"] == stage
         assert {"client/rank_00000.json", "client/rank_00001.json"} <= set(marker["files"])
-    resumed = _launch(1, "resume", str(tmp_path))
+    resumed = _launch(1, "resume", str(tmp_path), "zero012")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     for optimizer, (_, keys, bf16) in OPTIMIZERS.items():
         result = json.loads((tmp_path / optimizer / "resume.json").read_text())
@@ -61,22 +65,44 @@ def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
         assert result["client_state"] == {"step": 3, "loader_state": {"rank": 0}, "resumed_from_world_size": 2}
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_two_process_zero3_checkpoint_resumes_in_one_process(tmp_path):
+    # ZeRO-3 files are flat partitions per rank (DeepSpeed's zero_to_fp32 layout): the 2 ranks'
+    # fp32 masters and optimizer states are consolidated and re-cut for 1 rank. Odd-sized tensors
+    # (the 3-value bias) exercise the padding of the last share.
+    saved = _launch(2, "save", str(tmp_path), "zero3")
+    assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-3000:]
+    for optimizer in OPTIMIZERS_ZERO3:
+        marker = json.loads((tmp_path / optimizer / "step_000000003" / "COMMITTED.json").read_text())
+        assert marker["world_size"] == 2 and marker["zero_stage"] == 3
+    resumed = _launch(1, "resume", str(tmp_path), "zero3")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for optimizer, (_, keys, bf16) in OPTIMIZERS_ZERO3.items():
+        result = json.loads((tmp_path / optimizer / "resume.json").read_text())
+        assert result["state_keys"] == keys, result
+        assert result["max_state_diff"] == 0.0, result  # fp32 masters and every state tensor, exactly
+        assert result["max_step_diff"] <= (2e-2 if bf16 else 1e-6), result
+        assert result["client_state"] == {"step": 3, "loader_state": {"rank": 0}, "resumed_from_world_size": 2}
+        assert result["global_steps"] == 3, result  # DeepSpeed's counters come from saved rank 0
+
+
 # ------------------------------------------------------------------------------------------------
 # worker (runs under torchrun)
 
 
-def _worker(mode: str, root: str) -> None:
+def _worker(mode: str, root: str, run: str) -> None:
     import deepspeed
     import torch.distributed as dist
 
     deepspeed.init_distributed(dist_backend="gloo")
-    for optimizer_name in OPTIMIZERS:
-        _run_one(mode, f"{root}/{optimizer_name}", optimizer_name)
+    for optimizer_name, spec in RUNS[run].items():
+        _run_one(mode, f"{root}/{optimizer_name}", optimizer_name, spec)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _run_one(mode: str, root: str, optimizer_name: str) -> None:
+def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -88,7 +114,7 @@ def _run_one(mode: str, root: str, optimizer_name: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
-    stage, _, bf16 = OPTIMIZERS[optimizer_name]
+    stage, _, bf16 = spec
     if optimizer_name.startswith("sgd"):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     else:
@@ -122,13 +148,19 @@ def _run_one(mode: str, root: str, optimizer_name: str) -> None:
                 out[f"{name}/{key}"] = safe_get_full_optimizer_state(p, key).detach().clone()
         return out
 
+    def weights() -> dict[str, torch.Tensor]:
+        if stage < 3:
+            return {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):  # partitioned: gather
+            return {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+
     if mode == "save":
         for i in range(3):
             step(i)
         ckpt.save(engine, 3, {"step": 3, "loader_state": {"rank": rank}})
         expected = full_state()
         step(3)
-        after = {name: p.detach().clone() for name, p in engine.module.named_parameters()}
+        after = weights()
         if rank == 0:
             torch.save({"state": expected, "after": after}, f"{root}/expected.pt")
     else:
@@ -136,12 +168,13 @@ def _run_one(mode: str, root: str, optimizer_name: str) -> None:
         client_state = ckpt.load(engine, point)
         expected = torch.load(f"{root}/expected.pt", weights_only=True)
         got = full_state()
+        global_steps = engine.global_steps
         state_diff = max(float((got[k] - v).abs().max()) for k, v in expected["state"].items())
         step(3)
-        step_diff = max(float((p.detach() - expected["after"][n]).abs().max())
-                        for n, p in engine.module.named_parameters())
+        step_diff = max(float((p - expected["after"][n]).abs().max()) for n, p in weights().items())
         Path(f"{root}/resume.json").write_text(json.dumps({
             "max_state_diff": state_diff, "max_step_diff": step_diff, "client_state": client_state,
+            "global_steps": global_steps,
             "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32"})}))
     engine.destroy()
 

@@ -133,7 +133,7 @@ class Checkpointer:
         gets rank 0's client state plus ``resumed_from_world_size``; its ``loader_state`` describes
         the old layout, which the loader must rescale (``data_pipelines`` keeps the epoch and the
         consumed fraction of it); RNGs are not restored (no per-rank correspondence) - see
-        docs/fault-tolerance.md. ZeRO-1/2 optimizer partitions are re-sharded (``universal.py``).
+        docs/fault-tolerance.md. ZeRO-1/2/3 optimizer partitions are re-sharded (``universal.py``).
         DeepSpeed's files are read with ``weights_only=True`` (see ``files.install_safe_loader``).
         """
         install_safe_loader(engine)

@@ -14,7 +14,7 @@ does the equivalent in memory, for any torch optimizer:
    tensors into the new partitioning; per-group scalars (Adam's ``step``) are copied as they were.
 
 The result equals the saved optimizer state exactly (fp32 masters included, so bf16 runs lose no
-precision). ZeRO-3 checkpoints are not handled (their files hold no per-parameter mapping).
+precision). ZeRO-3 checkpoints hold no per-parameter mapping: ``universal_zero3.py`` re-shards them.
 """
 
 from __future__ import annotations
@@ -86,12 +86,15 @@ def _ensure_state_tensors(engine: Any, keys: set[str]) -> None:
 
 
 def load_resharded(engine: Any, point: Any) -> None:
-    """Load ``point`` (saved by ``point.world_size`` ranks, ZeRO-1/2) into ``engine`` of another size."""
+    """Load ``point`` (saved by ``point.world_size`` ranks, ZeRO-1/2/3) into ``engine`` of another size."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     if point.zero_stage >= 3:
-        raise TrainerError(f"checkpoint {point.path} is ZeRO-3 from {point.world_size} processes: resume it with "
-                           f"{point.world_size} processes (re-sharding ZeRO-3 state is not supported)")
+        from trainer.checkpoint.universal_zero3 import load_resharded_zero3
+
+        load_resharded_zero3(engine, point)
+        log.warning("re-sharded ZeRO-3 state of %d processes onto %d", point.world_size, engine.dp_world_size)
+        return
     load_path, _ = engine.load_checkpoint(point.parent, tag=point.tag, load_optimizer_states=False,
                                           load_lr_scheduler_states=True)
     if load_path is None:
