@@ -45,7 +45,9 @@ def all_finite(values: Iterable[torch.Tensor | float | None]) -> bool:
 
 
 def grads_finite(module: torch.nn.Module) -> bool:
-    """True when every ``.grad`` of ``module`` is finite (ZeRO 0; under ZeRO 1-3 check the loss)."""
+    """True when every ``.grad`` of ``module`` is finite (ZeRO 0). Under ZeRO 1-3 the reduced gradients
+    are partitioned: DeepSpeed's step drops an update whose global norm is non-finite and
+    ``trainer.step.train_step`` reports it from that norm (tests/trainer/test_fault_zero3.py)."""
     return all_finite(p.grad for p in module.parameters() if p.grad is not None)
 
 
