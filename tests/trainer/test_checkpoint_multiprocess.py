@@ -67,42 +67,51 @@ def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_two_process_zero3_checkpoint_resumes_in_one_process(tmp_path):
+def test_zero3_checkpoint_resumes_with_another_process_count(tmp_path):
     # ZeRO-3 files are flat partitions per rank (DeepSpeed's zero_to_fp32 layout): the 2 ranks'
-    # fp32 masters and optimizer states are consolidated and re-cut for 1 rank. Odd-sized tensors
+    # fp32 masters and optimizer states are consolidated and re-cut for 1 rank, and back. Odd-sized tensors
     # (the 3-value bias) exercise the padding of the last share.
     saved = _launch(2, "save", str(tmp_path), "zero3")
     assert saved.returncode == 0, saved.stdout[-3000:] + saved.stderr[-3000:]
     for optimizer in OPTIMIZERS_ZERO3:
         marker = json.loads((tmp_path / optimizer / "step_000000003" / "COMMITTED.json").read_text())
         assert marker["world_size"] == 2 and marker["zero_stage"] == 3
-    resumed = _launch(1, "resume", str(tmp_path), "zero3")
+    # the 1-process run also saves at step 4, and 2 processes resume that (1 -> 2)
+    resumed = _launch(1, "resume", str(tmp_path), "zero3", str(tmp_path / "one"))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    for optimizer, (_, keys, bf16) in OPTIMIZERS_ZERO3.items():
-        result = json.loads((tmp_path / optimizer / "resume.json").read_text())
-        assert result["state_keys"] == keys, result
-        assert result["max_state_diff"] == 0.0, result  # fp32 masters and every state tensor, exactly
-        assert result["max_step_diff"] <= (2e-2 if bf16 else 1e-6), result
-        assert result["client_state"] == {"step": 3, "loader_state": {"rank": 0}, "resumed_from_world_size": 2}
-        assert result["global_steps"] == 3, result  # DeepSpeed's counters come from saved rank 0
+    regrown = _launch(2, "resume", str(tmp_path / "one"), "zero3")
+    assert regrown.returncode == 0, regrown.stdout[-3000:] + regrown.stderr[-3000:]
+    for root, step, old_world in ((tmp_path, 3, 2), (tmp_path / "one", 4, 1)):
+        for optimizer, (_, keys, bf16) in OPTIMIZERS_ZERO3.items():
+            result = json.loads((root / optimizer / "resume.json").read_text())
+            assert result["state_keys"] == keys, result
+            assert result["max_state_diff"] == 0.0, result  # fp32 masters and every state tensor, exactly
+            assert result["max_step_diff"] <= (2e-2 if bf16 else 1e-6), result
+            assert result["client_state"] == {"step": step, "loader_state": {"rank": 0},
+                                              "resumed_from_world_size": old_world}
+            assert result["global_steps"] == step, result  # DeepSpeed's counters come from saved rank 0
 
 
 # ------------------------------------------------------------------------------------------------
 # worker (runs under torchrun)
 
 
-def _worker(mode: str, root: str, run: str) -> None:
+def _worker(mode: str, root: str, run: str, resave_root: str = "") -> None:
     import deepspeed
     import torch.distributed as dist
 
     deepspeed.init_distributed(dist_backend="gloo")
     for optimizer_name, spec in RUNS[run].items():
-        _run_one(mode, f"{root}/{optimizer_name}", optimizer_name, spec)
+        resave = f"{resave_root}/{optimizer_name}" if resave_root else None
+        _run_one(mode, f"{root}/{optimizer_name}", optimizer_name, spec, resave)
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # everything is written: skip interpreter teardown (ZeRO-3 processes sometimes abort in it)
 
 
-def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple) -> None:
+def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple, resave: str | None = None) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -170,12 +179,21 @@ def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple) -> None:
         got = full_state()
         global_steps = engine.global_steps
         state_diff = max(float((got[k] - v).abs().max()) for k, v in expected["state"].items())
-        step(3)
+        step(point.step)
         step_diff = max(float((p - expected["after"][n]).abs().max()) for n, p in weights().items())
-        Path(f"{root}/resume.json").write_text(json.dumps({
-            "max_state_diff": state_diff, "max_step_diff": step_diff, "client_state": client_state,
-            "global_steps": global_steps,
-            "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32"})}))
+        if rank == 0:
+            Path(f"{root}/resume.json").write_text(json.dumps({
+                "max_state_diff": state_diff, "max_step_diff": step_diff, "client_state": client_state,
+                "global_steps": global_steps,
+                "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32"})}))
+        if resave:  # save again with this process count, for a resume with another one
+            again = Checkpointer(CheckpointConfig(dir=resave), rank=rank, world_size=world, config_hash="h")
+            again.save(engine, point.step + 1, {"step": point.step + 1, "loader_state": {"rank": rank}})
+            expected = full_state()
+            step(point.step + 1)
+            after = weights()
+            if rank == 0:
+                torch.save({"state": expected, "after": after}, f"{resave}/expected.pt")
     engine.destroy()
 
 
