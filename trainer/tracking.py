@@ -86,6 +86,9 @@ class Tracker:
                 experiment_id = self._client.create_experiment(self.cfg.experiment, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
+            if self.cfg.system_metrics:
+                # MLflow samples every 10 s by default and logs nothing for a shorter run.
+                mlflow.set_system_metrics_sampling_interval(self.cfg.system_metrics_every_s)
             run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                                    run_name=None if run_id else self.cfg.run_name, tags=tags,
                                    log_system_metrics=self.cfg.system_metrics)

@@ -335,7 +335,9 @@ def test_sigterm_commits_exits_75_and_relaunch_matches(runs):
     preempted = runs["preempted"]
     assert runs["preempted_codes"] == [PREEMPTED_EXIT_CODE] * 2, preempted.text()[-3000:]
     commits = runs["preempted_commits"]
-    assert EVERY in commits and max(commits) > EVERY and max(commits) < MAX_STEPS, commits
+    # The signal came after the first commit (step EVERY) and the run stopped early with a commit;
+    # retention (keep_last) may already have pruned step EVERY when the machine is fast.
+    assert commits and min(commits) >= EVERY and EVERY < max(commits) < MAX_STEPS, commits
     assert runs["relaunch_codes"] == [0], preempted.text()[-3000:]
     expected, got = runs["reference"].final_weights(), preempted.final_weights()
     for name in expected:

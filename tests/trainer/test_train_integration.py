@@ -120,7 +120,8 @@ def launch(tmp_path_factory):
     runs[1]["overrides"] += ["tracking.enabled=true", f"tracking.uri={dead}", "tracking.system_metrics=false"]
     runs.append({"name": "bf16", "config": str(cls), "overrides": [
         "deepspeed.zero_stage=2", "deepspeed.precision=bf16", f"checkpoint.dir={tmp / 'bf16' / 'ckpt'}",
-        "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=integration", "tracking.run_name=bf16"]})
+        "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=integration", "tracking.run_name=bf16",
+        "tracking.system_metrics_every_s=0.5"]})
     runs.append({"name": "seg", "config": str(seg), "overrides": [
         "deepspeed.zero_stage=1", f"checkpoint.dir={tmp / 'seg' / 'ckpt'}",
         f"model.init_from={tmp / 'zero0' / 'ckpt'}"]})

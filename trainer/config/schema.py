@@ -120,7 +120,8 @@ class TrackingConfig:
     uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "mdeq"
     run_name: str | None = None
-    system_metrics: bool = True
+    system_metrics: bool = True  # CPU/GPU/memory/network sampled by MLflow's monitor thread
+    system_metrics_every_s: float = rng(10.0, gt=0.0)  # sampling interval; short runs need a small one
 
 
 @dataclass
