@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,35 +19,10 @@ from trainer.config import CheckpointConfig, config_to_dict, load_config
 from trainer.errors import TrainerError
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """A one-rank gloo group, so DeepSpeed neither launches MPI discovery nor needs torchrun."""
-    import torch.distributed as dist
-
-    layout = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": str(_free_port())}
-    saved = {key: os.environ.get(key) for key in layout}
-    for key, value in layout.items():
-        os.environ.setdefault(key, value)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", rank=0, world_size=1)
+def _process_group(one_rank_process_group):
+    """Every test here builds in-process DeepSpeed engines on the shared one-rank group."""
     yield
-    # Leave no group or launcher variables behind: later tests check that their errors come before
-    # any process group exists, and a stale RANK/MASTER_PORT would change how they set one up.
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def make_engine(zero_stage: int = 0, seed: int = 0):

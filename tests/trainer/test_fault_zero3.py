@@ -9,8 +9,6 @@ non-finite and drops the update, and ``train_step`` reads that norm and reports 
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -21,43 +19,10 @@ from trainer.fault import DivergenceGuard
 from trainer.step import SampleLog, train_step
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _forget_deepspeed_groups() -> None:
-    """DeepSpeed caches a clone of the world group: one from an earlier module's (destroyed) process
-    group would make ``deepspeed.initialize`` fail with "Group ... is not registered"."""
-    from deepspeed.utils import groups
-
-    groups._WORLD_GROUP = None
-
-
 @pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """A one-rank gloo group, so DeepSpeed neither launches MPI discovery nor needs torchrun."""
-    import torch.distributed as dist
-
-    layout = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": str(_free_port())}
-    saved = {key: os.environ.get(key) for key in layout}
-    for key, value in layout.items():
-        os.environ.setdefault(key, value)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        _forget_deepspeed_groups()
+def _process_group(one_rank_process_group):
+    """Every test here builds in-process DeepSpeed engines on the shared one-rank group."""
     yield
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
-        _forget_deepspeed_groups()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 class InfGradNet(torch.nn.Module):
