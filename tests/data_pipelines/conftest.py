@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def cityscapes_raw(tmp_path_factory) -> Path:
 def class_of_key(key: str) -> int:
     """Synthetic train keys are '<wnid>_<i>' with wnid 'n%08d' = class id."""
     return int(key.split("_")[0][1:])
+
+
+def epoch_keys(stream, label_of=None) -> Counter:
+    """The sample keys of one epoch of ``stream`` (built ``with_keys=True``), counted; with
+    ``label_of``, every target must equal ``label_of(key)``."""
+    seen: Counter = Counter()
+    batches = iter(stream)
+    for _ in range(stream.steps_per_epoch):
+        _, targets, keys = next(batches)
+        if label_of is not None:
+            assert targets.tolist() == [label_of(k) for k in keys]
+        seen.update(keys)
+    return seen
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:

@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import shutil
-from collections import Counter
 
 import pytest
 from PIL import Image
@@ -20,7 +19,7 @@ from data_pipelines import (
     write_imagenet_shards,
 )
 from data_pipelines.shards.index import INDEX_FORMAT
-from tests.data_pipelines.conftest import write_tar
+from tests.data_pipelines.conftest import epoch_keys, write_tar
 
 
 def _jpeg(colour=(200, 30, 30)) -> bytes:
@@ -31,12 +30,7 @@ def _jpeg(colour=(200, 30, 30)) -> bytes:
 
 def _keys_of_epoch(spec, **kwargs):
     stream = build_train_stream("imagenet", str(spec), seed=0, image_size=16, with_keys=True, **kwargs)
-    batches = iter(stream)
-    keys = Counter()
-    for _ in range(stream.steps_per_epoch):
-        _, _, batch_keys = next(batches)
-        keys.update(batch_keys)
-    return stream, keys
+    return stream, epoch_keys(stream)
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-from collections import Counter
 
 import pytest
 import webdataset
 from PIL import Image
 
 from data_pipelines import build_eval_loader, build_train_stream, num_classes_of, read_shard_set
+from tests.data_pipelines.conftest import epoch_keys
 
 
 @pytest.mark.timeout(60)
@@ -26,12 +26,7 @@ def test_shards_written_by_webdataset_are_streamed_without_conversion(tmp_path):
     assert shard_set.counts == [3, 3, 3, 3] and num_classes_of(spec) is None
     stream = build_train_stream("imagenet", spec, batch_size=3, workers=2, rank=0, world_size=1, seed=0,
                                 image_size=16, with_keys=True)
-    seen = Counter()
-    batches = iter(stream)
-    for _ in range(stream.steps_per_epoch):
-        _, targets, keys = next(batches)
-        assert targets.tolist() == [int(k[1]) for k in keys]
-        seen.update(keys)
+    seen = epoch_keys(stream, lambda key: int(key[1]))
     assert len(seen) == 12 and set(seen.values()) == {1}
     loader = build_eval_loader("imagenet", str(tmp_path), batch_size=5, workers=0, rank=0, world_size=1,
                                image_size=16)

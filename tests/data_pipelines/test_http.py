@@ -7,12 +7,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
 
 import pytest
 
 from data_pipelines import build_train_stream, read_shard_set
-from tests.data_pipelines.conftest import CLASSES, TRAIN_PER_CLASS, class_of_key
+from tests.data_pipelines.conftest import CLASSES, TRAIN_PER_CLASS, class_of_key, epoch_keys
 
 
 @pytest.fixture
@@ -46,11 +45,6 @@ def test_train_stream_reads_shards_over_http(http_root, form):
     assert len(shard_set.urls) == 8 and all(u.startswith("http://127.0.0.1") for u in shard_set.urls)
     stream = build_train_stream("imagenet", spec, batch_size=4, workers=2, rank=0, world_size=1, seed=0,
                                 image_size=16, with_keys=True)
-    seen = Counter()
-    batches = iter(stream)
-    for _ in range(stream.steps_per_epoch):
-        _, targets, keys = next(batches)
-        seen.update(keys)
-        assert targets.tolist() == [class_of_key(k) for k in keys]
+    seen = epoch_keys(stream, class_of_key)
     assert len(seen) == CLASSES * TRAIN_PER_CLASS and set(seen.values()) == {1}
     assert stream.bad_samples == 0
