@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from mdeq.host_allocator import tune_host_allocator
+
+    tune_host_allocator()  # before any tensor exists: CPU steps otherwise page-fault their temporaries
     try:
         return int(args.func(args) or 0)
     except user_error_types() as err:

@@ -41,7 +41,7 @@ class DEQStats:
     lowest_step: int  # f evaluation with the lowest mean residual
     converged: bool  # every sample reached f_tol
     protective_break: bool  # solve stopped on divergence or a non-finite f output
-    b_nfe: int = 0  # vector-Jacobian products of the implicit backward
+    b_nfe: int = 0  # adjoint-map evaluations of the implicit backward (VJPs: b_nfe - 1, see the hook)
     b_residual: float = math.nan  # final stop-mode residual of the adjoint solve
     b_converged: bool = False
     jac_loss: torch.Tensor | None = None  # gamma * Hutchinson ||J_f||_F^2 / dim: add it to the loss
@@ -139,12 +139,17 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
         out, inp = refs["z_out"], refs["z_in"]
 
         def adjoint_map(g: torch.Tensor) -> torch.Tensor:
+            if g is start and start._version == 0:
+                # the solvers evaluate the map first at the (untouched) zero start, where
+                # J^T 0 = 0 exactly: that evaluation needs no VJP (one of b_max_iter saved)
+                return grad_work.clone()
             (vjp,) = torch.autograd.grad(out, inp, g.to(out.dtype), retain_graph=True)
             return vjp.to(g.dtype) + grad_work
 
         grad_work = grad.detach().to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
+        start = torch.zeros_like(grad_work)
         with torch.enable_grad(), _no_autocast(grad.device.type):
-            g, b_stats = solver(adjoint_map, torch.zeros_like(grad_work), max_iter=options.b_max_iter,
+            g, b_stats = solver(adjoint_map, start, max_iter=options.b_max_iter,
                                 tol=options.b_tol, stop_mode=options.stop_mode, history=options.history,
                                 state_dtype=options.state_dtype, branch_sizes=branch_sizes,
                                 protect_factor=options.protect_factor,

@@ -7,9 +7,12 @@ the oldest pair is dropped (ring buffer), so the solver's memory is 2·B·m·D n
 fixed-point step (H = -I), there is no line search, and the lowest-residual iterate per sample is
 returned.
 
-Cost per iteration beyond f: two products with H (four passes over the buffers). H_old g_old is
-known from the previous step (it is -dz), so H_old dg = H_old g_new + dz needs no extra pass, and
-H_new g_new = H_old g_new + u (v . g_new) reuses H_old g_new.
+Cost per iteration beyond f: four passes over the buffers (V g_new and U dz as inner products,
+H g_new and dz^T H as one baddbmm each) and a handful of (B, D) passes. The update is written in
+closed form so no H dg, dg or u temporaries are formed: with s = dz and H g_old = -s (minus the
+dropped pair's term), s - H dg = -(H g_new + u_old (v_old . g_old)), and the denominator
+s^T H dg = v . g_new - v . g_old. On CPU the (B, D) passes are memory-bound, so every avoided
+temporary is a measurable part of a cifar-small step (docs/benchmarks.md, issue 4).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mdeq.solvers.base import ResidualTracker, SolverStats, check_common, work_dtype
-from mdeq.solvers.lowrank import combine_rows, dot_rows
+from mdeq.solvers.lowrank import combine_rows_minus, dot_rows
 
 
 def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int, tol: float,
@@ -52,36 +55,28 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         if tracker.observe(z, fz, g_new) or k == max_iter - 1:
             break
         slot = (k - 1) % slots
-        h_g_old = dz.neg()  # H g_old, with every pair currently stored
-        if n_pairs == slots:  # drop the oldest pair: take its term out of H g_old, then clear it
-            coeff = torch.linalg.vecdot(vs[:, slot].to(dtype), g)  # (B,)
-            h_g_old.sub_(us[:, slot].to(dtype) * coeff[:, None])
-            us[:, slot].zero_()
-            vs[:, slot].zero_()
-        else:
-            n_pairs += 1
-        h_g_new = _matvec(us, vs, n_pairs, g_new)  # (B, D) H g_new, before the update
-        v = _rmatvec(us, vs, n_pairs, dz)  # (B, D) dz^T H
-        dg = g_new - g
-        h_dg = h_g_new - h_g_old  # H dg
-        denom = torch.linalg.vecdot(v, dg)  # (B,) dz^T H dg
+        drop = n_pairs == slots  # the ring is full: the oldest pair (in ``slot``) leaves H first
+        n_pairs += not drop
+        vg = dot_rows(vs, n_pairs, g_new)  # (B, n) V g_new
+        ud = dot_rows(us, n_pairs, dz)  # (B, n) U dz
+        if drop:
+            c_old = torch.linalg.vecdot(vs[:, slot].to(dtype), g)  # (B,) v_old . g_old
+            vg[:, slot] = 0.0  # H' = H without the oldest pair, in both products below
+            ud[:, slot] = 0.0
+        h_g_new = combine_rows_minus(us, n_pairs, vg, g_new)  # (B, D) H' g_new
+        v = combine_rows_minus(vs, n_pairs, ud, dz)  # (B, D) dz^T H'
+        v_g_new = torch.linalg.vecdot(v, g_new)  # (B,)
+        denom = v_g_new - torch.linalg.vecdot(v, g)  # (B,) dz^T H' dg
         safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
-        keep = safe.to(dtype)[:, None]  # (B, 1): 0 zeroes a skipped sample's pair (all finite here)
-        u = (dz - h_dg).div_(torch.where(safe, denom, 1.0)[:, None]).mul_(keep)
-        v = v.mul_(keep)
-        us[:, slot] = u
-        vs[:, slot] = v
-        # good Broyden: H_new = H + u v^T, so H_new g_new = H g_new + u (v . g_new)
-        dz = h_g_new.addcmul_(u, torch.linalg.vecdot(v, g_new)[:, None]).neg_()
+        scale = torch.where(safe, -1.0 / torch.where(safe, denom, 1.0), 0.0)[:, None]  # (B, 1)
+        # t = -(dz - H' dg) = H' g_new + u_old c_old; the new pair is u = t * scale, v (zeroed if skipped)
+        t = torch.addcmul(h_g_new, us[:, slot].to(dtype), c_old[:, None]) if drop else h_g_new
+        torch.mul(t, scale, out=us[:, slot])
+        torch.mul(v, safe.to(dtype)[:, None], out=vs[:, slot])
+        # good Broyden: H_new g_new = H' g_new + u (v . g_new); the next step is its negative
+        if drop:
+            dz = h_g_new.addcmul_(t, scale * v_g_new[:, None]).neg_()
+        else:
+            dz = h_g_new.mul_((scale * v_g_new[:, None]).add_(1.0).neg_())
         g = g_new
     return tracker.result(buffer_bytes=us.nbytes + vs.nbytes)
-
-
-def _matvec(us: torch.Tensor, vs: torch.Tensor, n: int, x: torch.Tensor) -> torch.Tensor:
-    """H x = -x + U^T (V x) for x (B, D)."""
-    return combine_rows(us, n, dot_rows(vs, n, x), out=x.neg())
-
-
-def _rmatvec(us: torch.Tensor, vs: torch.Tensor, n: int, x: torch.Tensor) -> torch.Tensor:
-    """x^T H = -x + (x^T U^T) V for x (B, D)."""
-    return combine_rows(vs, n, dot_rows(us, n, x), out=x.neg())

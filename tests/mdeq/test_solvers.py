@@ -54,6 +54,60 @@ def test_broyden_and_anderson_need_fewer_evaluations_than_fixed_point_on_a_slow_
     assert nfe["broyden"] < nfe["fixed_point"] / 2 and nfe["anderson"] < nfe["fixed_point"] / 2
 
 
+def _dense_limited_broyden(f, z0: torch.Tensor, max_iter: int, history: int) -> list[torch.Tensor]:
+    """Textbook good Broyden with explicit (D, D) inverse-Jacobian estimates, one sample at a time.
+
+    H = -I + sum of the kept rank-1 pairs u v^T; before a new pair is formed in a full ring, the
+    oldest leaves H (H'), then u = (s - H' y) / (s^T H' y), v = H'^T s, step = -(H' + u v^T) g.
+    Returns every iterate z_1 .. z_{max_iter-1} (B, D) after the plain first step.
+    """
+    dim = z0.shape[1]
+    eye = torch.eye(dim, dtype=z0.dtype)
+    slots = min(history, max_iter - 2)
+    pairs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(z0.shape[0])]
+    z, g = z0, f(z0) - z0
+    dz, iterates = g, []
+    for k in range(1, max_iter):
+        z = z + dz
+        g_new = f(z) - z
+        iterates.append(z)
+        if k == max_iter - 1:
+            break
+        steps = []
+        for b in range(z.shape[0]):
+            if len(pairs[b]) == slots:
+                pairs[b].pop(0)
+            h = -eye + sum((torch.outer(u, v) for u, v in pairs[b]), torch.zeros_like(eye))
+            s, y = dz[b], g_new[b] - g[b]
+            u = (s - h @ y) / (s @ h @ y)
+            v = h.T @ s
+            pairs[b].append((u, v))
+            steps.append(-(h + torch.outer(u, v)) @ g_new[b])
+        dz, g = torch.stack(steps), g_new
+    return iterates
+
+
+@pytest.mark.parametrize("history, max_iter", [(20, 12), (3, 12), (1, 6)])
+def test_broyden_iterates_equal_the_dense_textbook_update(history, max_iter):
+    # the solver writes the update in closed form without H dg, dg or u temporaries (see its module
+    # doc); every iterate must still be the textbook one, with and without pairs leaving the ring
+    f, exact = _linear_problem(dim=30, radius=0.9)
+    g_f = lambda z: torch.tanh(f(z))  # noqa: E731 - nonlinear, so the Jacobian changes along the path
+    expected = _dense_limited_broyden(g_f, torch.zeros_like(exact), max_iter, history)
+    seen = []
+
+    def recording_f(z: torch.Tensor) -> torch.Tensor:
+        seen.append(z.clone())
+        return g_f(z)
+
+    _, stats = get_solver("broyden")(recording_f, torch.zeros_like(exact), max_iter=max_iter, tol=1e-14,
+                                     history=history, state_dtype=torch.float64)
+    assert stats.nfe == max_iter
+    assert len(seen) == max_iter  # z0, then z_1 .. z_{max_iter-1}
+    for got, want in zip(seen[1:], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["broyden", "anderson"])
 def test_history_bounds_solver_memory_whatever_the_cap(name):
     f, exact = _linear_problem(radius=0.5)
