@@ -9,10 +9,11 @@ returned.
 
 Cost per iteration beyond f: four passes over the buffers (V g_new and U dz as inner products,
 H g_new and dz^T H as one baddbmm each) and a handful of (B, D) passes. The update is written in
-closed form so no H dg, dg or u temporaries are formed: with s = dz and H g_old = -s (minus the
-dropped pair's term), s - H dg = -(H g_new + u_old (v_old . g_old)), and the denominator
-s^T H dg = v . g_new - v . g_old. On CPU the (B, D) passes are memory-bound, so every avoided
-temporary is a measurable part of a cifar-small step (docs/benchmarks.md, issue 4).
+closed form so no H dg or u temporaries are formed: with s = dz and H g_old = -s (minus the
+dropped pair's term), s - H dg = -(H g_new + u_old (v_old . g_old)); the denominator s^T H dg is
+v . dg with dg formed explicitly (see the comment there). On CPU the (B, D) passes are
+memory-bound, so every avoided temporary is a measurable part of a cifar-small step
+(docs/benchmarks.md, issue 4).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         h_g_new = combine_rows_minus(us, n_pairs, vg, g_new)  # (B, D) H' g_new
         v = combine_rows_minus(vs, n_pairs, ud, dz)  # (B, D) dz^T H'
         v_g_new = torch.linalg.vecdot(v, g_new)  # (B,)
-        denom = v_g_new - torch.linalg.vecdot(v, g)  # (B,) dz^T H' dg
+        # dz^T H' dg as v . (g_new - g), not v.g_new - v.g: near convergence g_new ~ g and the
+        # difference of the two products cancels catastrophically (it made two ZeRO stages' 1e-8
+        # weight differences 1e-5 after 4 steps in tests/trainer/test_train_integration.py)
+        denom = torch.linalg.vecdot(v, g_new - g)  # (B,)
         safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
         scale = torch.where(safe, -1.0 / torch.where(safe, denom, 1.0), 0.0)[:, None]  # (B, 1)
         # t = -(dz - H' dg) = H' g_new + u_old c_old; the new pair is u = t * scale, v (zeroed if skipped)
