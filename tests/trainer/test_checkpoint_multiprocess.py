@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
@@ -63,6 +64,7 @@ def test_two_process_zero1_checkpoint_resumes_in_one_process(tmp_path):
         assert result["max_step_diff"] <= (2e-2 if bf16 else 1e-6), result
         # rank 0's client state (its loader position describes the 2-rank layout) and the old size
         assert result["client_state"] == {"step": 3, "loader_state": {"rank": 0}, "resumed_from_world_size": 2}
+        assert result["forward_calls"] == 3.0, result  # the module buffer is the saved one, not the initial 0
 
 
 @pytest.mark.integration
@@ -90,6 +92,7 @@ def test_zero3_checkpoint_resumes_with_another_process_count(tmp_path):
             assert result["client_state"] == {"step": step, "loader_state": {"rank": 0},
                                               "resumed_from_world_size": old_world}
             assert result["global_steps"] == step, result  # DeepSpeed's counters come from saved rank 0
+            assert result["forward_calls"] == float(step), result  # and so does the module buffer
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,6 +114,18 @@ def _worker(mode: str, root: str, run: str, resave_root: str = "") -> None:
     os._exit(0)  # everything is written: skip interpreter teardown (ZeRO-3 processes sometimes abort in it)
 
 
+class _ForwardCounter(torch.nn.Module):
+    """Identity with a buffer counting forward calls: a module buffer a resume must restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
 def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple, resave: str | None = None) -> None:
     import deepspeed
     import torch
@@ -122,7 +137,7 @@ def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple, resave: str
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), _ForwardCounter(), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     stage, _, bf16 = spec
     if optimizer_name.startswith("sgd"):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -143,14 +158,16 @@ def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple, resave: str
         engine.step()
 
     def full_state() -> dict[str, torch.Tensor]:
+        # module buffers (not partitioned, even by ZeRO-3) come back from saved rank 0's files
+        buffers = {f"{n}/buffer": b.detach().clone() for n, b in engine.module.named_buffers()}
         if stage == 0:  # plain torch optimizer: full tensors on every rank
             state = engine.optimizer.state
-            return {**{f"{n}/fp32": p.detach().clone() for n, p in engine.module.named_parameters()},
+            return {**buffers, **{f"{n}/fp32": p.detach().clone() for n, p in engine.module.named_parameters()},
                     **{f"{n}/{k}": v.clone() for n, p in engine.module.named_parameters()
                        for k, v in state[p].items() if torch.is_tensor(v) and v.dim() > 0}}
         base_state = next(iter(engine.optimizer.optimizer.state.values()))
         keys = [k for k, v in base_state.items() if torch.is_tensor(v) and v.dim() == 1]
-        out = {}
+        out = dict(buffers)
         for name, p in engine.module.named_parameters():
             out[f"{name}/fp32"] = safe_get_full_fp32_param(p).detach().clone()
             for key in keys:
@@ -184,8 +201,8 @@ def _run_one(mode: str, root: str, optimizer_name: str, spec: tuple, resave: str
         if rank == 0:
             Path(f"{root}/resume.json").write_text(json.dumps({
                 "max_state_diff": state_diff, "max_step_diff": step_diff, "client_state": client_state,
-                "global_steps": global_steps,
-                "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32"})}))
+                "global_steps": global_steps, "forward_calls": float(got["1.calls/buffer"]),
+                "state_keys": sorted({k.split("/")[1] for k in got} - {"fp32", "buffer"})}))
         if resave:  # save again with this process count, for a resume with another one
             again = Checkpointer(CheckpointConfig(dir=resave), rank=rank, world_size=world, config_hash="h")
             again.save(engine, point.step + 1, {"step": point.step + 1, "loader_state": {"rank": rank}})
