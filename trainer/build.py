@@ -119,6 +119,18 @@ def pretrain_steps(cfg: Config, spec=None) -> int:
     return cfg.deq.pretrain_steps if cfg.deq.pretrain_steps is not None else int(spec.pretrain_steps)
 
 
+def evaluates_unrolled(steps_done: int, warmup_steps: int, weight_tied: bool) -> bool:
+    """Whether an evaluation after ``steps_done`` optimizer steps runs f unrolled (warm-up mode).
+
+    The mode the last step trained in: step ``k`` (0-based) is a warm-up step while ``k <
+    warmup_steps``, so after ``steps_done`` steps the weights were last trained unrolled when
+    ``steps_done <= warmup_steps``. A warm-up model's f need not have a fixed point yet, so its
+    equilibrium accuracy says little. Both the in-run evaluation and ``mdeq eval`` use this rule;
+    ``steps_done < 0`` (unknown) means equilibrium.
+    """
+    return weight_tied or 0 <= steps_done <= warmup_steps
+
+
 def pretrain_layers(cfg: Config, spec=None) -> int:
     spec = spec if spec is not None else model_spec(cfg)
     return cfg.deq.pretrain_layers if cfg.deq.pretrain_layers is not None else int(spec.pretrain_layers)

@@ -49,11 +49,16 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float]:
         autocast = None if cfg.deepspeed.precision == "fp32" else DTYPES[cfg.deepspeed.precision]
         loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
                                         **build.eval_loader_args(cfg, layout.rank, layout.world_size))
+        # the mode the checkpoint's last step trained in, as the training run's own evaluation did
+        steps_done = int(payload.get("step", -1))
+        unrolled = build.evaluates_unrolled(steps_done, build.pretrain_steps(cfg, spec),
+                                            bool(cfg.model.weight_tied_layers))
         result = evaluate(model, loader, task=task, num_classes=num_classes, device=layout.device,
-                          dtype=torch.float32, pretrain=bool(cfg.model.weight_tied_layers),
+                          dtype=torch.float32, pretrain=unrolled,
                           max_batches=cfg.data.eval_max_batches, autocast_dtype=autocast)
         metrics = dict(result.metrics)
-        metrics["step"] = payload.get("step", -1)
+        metrics["step"] = steps_done
+        metrics["warmup"] = float(unrolled)
         return metrics
     finally:
         teardown()

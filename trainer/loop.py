@@ -135,8 +135,7 @@ def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResu
     metric_key = "top1" if task == "classification" else "miou"
 
     def run_eval(step: int) -> dict[str, float]:
-        # the mode the last step trained in (``step`` steps done): at the end of warm-up, unrolled
-        pretrain = weight_tied or step <= pretrain_steps
+        pretrain = build.evaluates_unrolled(step, pretrain_steps, weight_tied)  # the last step's mode
         result = evaluate(engine, eval_loader, task=task, num_classes=plan.num_classes, device=layout.device,
                           dtype=dtype, pretrain=pretrain, max_batches=cfg.data.eval_max_batches,
                           keep_overlays=3 if layout.is_main else 0)

@@ -61,3 +61,12 @@ def test_ds_config_sets_clipping_optimizer_permission_and_precision():
     assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert config["wall_clock_breakdown"] is True  # deepspeed.extra merged last
     assert "torch_autocast" not in ds_config(load_config(None, ["deepspeed.precision=fp32"]), 1)
+
+
+def test_evaluation_mode_is_the_mode_the_last_step_trained_in():
+    # warm-up of 3 steps: steps 0, 1, 2 train unrolled, so after 1..3 steps the weights were last
+    # trained unrolled and are evaluated so (in-run evaluation and `mdeq eval` share this rule)
+    assert [build.evaluates_unrolled(done, 3, False) for done in range(6)] == [True] * 4 + [False] * 2
+    assert not build.evaluates_unrolled(1, 0, False)  # no warm-up at all
+    assert not build.evaluates_unrolled(-1, 3, False)  # a checkpoint without a step: equilibrium
+    assert build.evaluates_unrolled(50, 3, True)  # the weight-tied model is always unrolled
