@@ -57,7 +57,8 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
             break
         slot = (k - 1) % slots
         drop = n_pairs == slots  # the ring is full: the oldest pair (in ``slot``) leaves H first
-        n_pairs += not drop
+        if not drop:
+            n_pairs += 1
         vg = dot_rows(vs, n_pairs, g_new)  # (B, n) V g_new
         ud = dot_rows(us, n_pairs, dz)  # (B, n) U dz
         if drop:
@@ -77,7 +78,8 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         t = torch.addcmul(h_g_new, us[:, slot].to(dtype), c_old[:, None]) if drop else h_g_new
         torch.mul(t, scale, out=us[:, slot])
         torch.mul(v, safe.to(dtype)[:, None], out=vs[:, slot])
-        # good Broyden: H_new g_new = H' g_new + u (v . g_new); the next step is its negative
+        # good Broyden: H_new g_new = H' g_new + u (v . g_new); the next step is its negative.
+        # Without a dropped pair t is H' g_new itself, so that is one in-place multiply.
         if drop:
             dz = h_g_new.addcmul_(t, scale * v_g_new[:, None]).neg_()
         else:

@@ -89,7 +89,7 @@ def _dense_limited_broyden(f, z0: torch.Tensor, max_iter: int, history: int) -> 
 
 @pytest.mark.parametrize("history, max_iter", [(20, 12), (3, 12), (1, 6)])
 def test_broyden_iterates_equal_the_dense_textbook_update(history, max_iter):
-    # the solver writes the update in closed form without H dg, dg or u temporaries (see its module
+    # the solver writes the update in closed form without H dg or u temporaries (see its module
     # doc); every iterate must still be the textbook one, with and without pairs leaving the ring
     f, exact = _linear_problem(dim=30, radius=0.9)
     g_f = lambda z: torch.tanh(f(z))  # noqa: E731 - nonlinear, so the Jacobian changes along the path
