@@ -1,8 +1,9 @@
 """``train(cfg)``: the whole training run, top to bottom.
 
-checks (cheap, before any process group) → distributed → model → engine → data → checkpointer and
-resume → tracking → steps (warm-up, then equilibrium) with logging, evaluation, divergence guard,
-preemption and checkpoints → final evaluation and checkpoint → summary files → teardown.
+``train`` runs the cheap checks, sets up the process group and hands over to ``Trainer``, whose
+``run`` reads as the run does: build (model → engine → data → checkpointer) → resume from the newest
+committed checkpoint → start tracking → steps (train one step, log, evaluate, save or stop) →
+finish (final evaluation, summary files). Teardown happens in ``train``'s ``finally``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import data_pipelines as data
 from trainer import build
+from trainer.checkpoint import Checkpointer
 from trainer.config import Config, config_to_dict, dump_config, flatten_config
 from trainer.distributed import launcher_world_size, seed_everything, setup_distributed, teardown
 from trainer.engine import build_engine, engine_dtype
 from trainer.errors import TrainerError
 from trainer.evaluate import evaluate
+from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard, PreemptionHandler
 from trainer.optim import build_optimizer
 from trainer.preflight import preflight
 from trainer.progress import Progress
 from trainer.reporting import IntervalMeter, log_eval, log_final_artifacts
 from trainer.schedules import lr_at, set_lr
-from trainer.step import SampleLog, sample_log_enabled, train_step
+from trainer.step import SampleLog, StepOutcome, sample_log_enabled, train_step
 from trainer.tracking import Tracker
 from trainer.transfer import WEIGHTS_NAME, apply_init_from, config_hash, gather_state_dict, write_weights
 
@@ -48,159 +52,235 @@ def train(cfg: Config) -> TrainResult:
     """Train ``cfg`` in this process (one rank of a torchrun/DeepSpeed job, or alone)."""
     plan = preflight(cfg, launcher_world_size())  # user errors surface here, before heavy work
     layout = setup_distributed(cfg.train.seed)
-    held: dict = {}  # the engine, once built, for teardown
     tracker = Tracker(cfg.tracking, active=layout.is_main)
+    trainer = Trainer(cfg, plan, layout, tracker)
     try:
-        return _train(cfg, plan, layout, tracker, held)
+        return trainer.run()
     except SystemExit:
         raise
     except BaseException:
         tracker.end("FAILED")
         raise
     finally:
-        teardown(held.get("engine"))
+        trainer.close()
+        teardown(trainer.engine)
 
 
-def _train(cfg: Config, plan, layout, tracker: Tracker, held: dict) -> TrainResult:
-    import data_pipelines as data
-    from trainer.checkpoint import Checkpointer
-    from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard, PreemptionHandler
+class Trainer:
+    """One run's state (engine, data stream, step, best metric, run id) and its phases as methods."""
 
-    task, spec = plan.task, plan.spec
-    model = build.build_model(cfg, plan.num_classes)  # same seed on every rank: identical init
-    model.deq_options = build.deq_options(cfg, spec)
-    if plan.init_from_state is not None:
-        apply_init_from(model, plan.init_from_state, cfg.model.init_from, verbose=layout.is_main)
-    seed_everything(cfg.train.seed + layout.rank)  # per-rank randomness (dropout masks) from here on
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    engine = build_engine(cfg, model.to(layout.device), optimizer, plan.batching.grad_accum_steps)
-    held["engine"] = engine
-    dtype = engine_dtype(engine)
+    def __init__(self, cfg: Config, plan, layout, tracker: Tracker) -> None:
+        self.cfg, self.plan, self.layout, self.tracker = cfg, plan, layout, tracker
+        self.task = plan.task
+        self.metric_key = "top1" if self.task == "classification" else "miou"
+        self.pretrain_steps = build.pretrain_steps(cfg, plan.spec)
+        self.weight_tied = bool(cfg.model.weight_tied_layers)
+        self.out_dir = output_dir_of(cfg)
+        self.engine = None  # built by run(); torn down by train() whatever happens
+        self.preemption: PreemptionHandler | None = None
+        self.metrics_log = None
+        self.step, self.best_metric, self.run_id = 0, None, None
+        self.history: list[dict] = []
+        self.last_eval: dict[str, float] = {}
 
-    stream = data.build_train_stream(cfg.data.dataset, cfg.data.train_shards,
-                                     **build.train_stream_args(cfg, layout.rank, layout.world_size),
-                                     with_keys=sample_log_enabled())
-    eval_loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
-                                         **build.eval_loader_args(cfg, layout.rank, layout.world_size))
-    resolved = config_to_dict(cfg)
-    checkpointer = Checkpointer(cfg.checkpoint, rank=layout.rank, world_size=layout.world_size,
-                                config_hash=config_hash(resolved), config=resolved)
-    guard = DivergenceGuard(max_bad_steps=cfg.train.max_bad_steps, on_divergence=cfg.train.on_divergence)
-    start_step, best_metric, run_id = 0, None, None
-    point = checkpointer.find_resume()  # collective; refuses breaking config changes naming the keys
-    if point is not None:
-        state = checkpointer.load(engine, point)
-        start_step = int(state["step"])
-        best_metric = state.get("best_metric")
-        run_id = state.get("mlflow_run_id")
-        guard.load_state_dict(state.get("guard", {}))
+    def run(self) -> TrainResult:
+        self.build()
+        self.resume()
+        self.start_tracking()
+        self.preemption = PreemptionHandler(grace_seconds=self.cfg.checkpoint.grace_seconds).install()
+        self.announce()
+        while self.step < self.cfg.train.max_steps:
+            outcome = self.train_one_step()
+            if outcome is None:  # rolled back to a committed checkpoint: self.step moved back
+                continue
+            self.step += 1
+            self.log_interval(outcome)
+            evaluated = self.maybe_evaluate()
+            self.maybe_save_or_stop(evaluated)
+        return self.finish()
+
+    def close(self) -> None:
+        """Undo what run() installed in this process (safe to call at any point)."""
+        if self.preemption is not None:
+            self.preemption.uninstall()  # its grace watchdog must not outlive this run
+        if self.metrics_log is not None:
+            self.metrics_log.close()
+            self.metrics_log = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Model (same seed on every rank: identical init) → optimizer → engine → data → checkpointer."""
+        cfg, plan, layout = self.cfg, self.plan, self.layout
+        self.model = build.build_model(cfg, plan.num_classes)
+        self.model.deq_options = build.deq_options(cfg, plan.spec)
+        if plan.init_from_state is not None:
+            apply_init_from(self.model, plan.init_from_state, cfg.model.init_from, verbose=layout.is_main)
+        seed_everything(cfg.train.seed + layout.rank)  # per-rank randomness (dropout masks) from here on
+        optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        self.engine = build_engine(cfg, self.model.to(layout.device), optimizer, plan.batching.grad_accum_steps)
+        self.dtype = engine_dtype(self.engine)
+        self.stream = data.build_train_stream(cfg.data.dataset, cfg.data.train_shards,
+                                              **build.train_stream_args(cfg, layout.rank, layout.world_size),
+                                              with_keys=sample_log_enabled())
+        self.eval_loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
+                                                  **build.eval_loader_args(cfg, layout.rank, layout.world_size))
+        resolved = config_to_dict(cfg)
+        self.checkpointer = Checkpointer(cfg.checkpoint, rank=layout.rank, world_size=layout.world_size,
+                                         config_hash=config_hash(resolved), config=resolved)
+        self.guard = DivergenceGuard(max_bad_steps=cfg.train.max_bad_steps, on_divergence=cfg.train.on_divergence)
+        self.sample_log = SampleLog(layout.rank)
+
+    def resume(self) -> None:
+        """Continue from the newest committed checkpoint, if any (collective; refuses breaking config
+        changes, naming the keys)."""
+        point = self.checkpointer.find_resume()
+        if point is not None:
+            state = self.restore(point)
+            self.best_metric = state.get("best_metric")
+            self.run_id = state.get("mlflow_run_id")
+            self.guard.load_state_dict(state.get("guard", {}))
+        self.batches = iter(self.stream)
+
+    def restore(self, point) -> dict:
+        """Load engine, step and data position from checkpoint ``point``; returns its client state."""
+        state = self.checkpointer.load(self.engine, point)
+        self.step = int(state["step"])
         if state.get("loader_state") is not None:
-            stream.load_state_dict(state["loader_state"])
-    out_dir = output_dir_of(cfg)
-    if layout.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(dump_config(cfg))
-    run_id = tracker.start(flatten_config(cfg), run_id=run_id,
-                           tags={"task": task, "model": cfg.model.name, "world_size": str(layout.world_size)})
-    tracker.log_text(dump_config(cfg), "config/resolved.yaml")
+            self.stream.load_state_dict(state["loader_state"])
+        return state
 
-    preemption = PreemptionHandler(grace_seconds=cfg.checkpoint.grace_seconds).install()
-    pretrain_steps = build.pretrain_steps(cfg, spec)
-    weight_tied = bool(cfg.model.weight_tied_layers)
-    max_steps = cfg.train.max_steps
-    progress = Progress(max_steps, start_step, active=layout.is_main)
-    progress.message(f"training {cfg.model.name} ({task}) on {layout.world_size} process(es), "
-                     f"{plan.batching.global_batch} samples/step, steps {start_step}→{max_steps}, "
-                     f"warm-up until step {pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
-    meter = IntervalMeter(layout.world_size)
-    history: list[dict] = []
-    metrics_log = (out_dir / "metrics.jsonl").open("a") if layout.is_main else None
-    sample_log = SampleLog(layout.rank)
-    batches = iter(stream)
-    last_eval: dict[str, float] = {}
+    def start_tracking(self) -> None:
+        """Write the resolved config, open (or reopen) the MLflow run and the metrics file."""
+        cfg = self.cfg
+        if self.layout.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+            self.metrics_log = (self.out_dir / "metrics.jsonl").open("a")
+        self.run_id = self.tracker.start(flatten_config(cfg), run_id=self.run_id,
+                                         tags={"task": self.task, "model": cfg.model.name,
+                                               "world_size": str(self.layout.world_size)})
+        self.tracker.log_text(dump_config(cfg), "config/resolved.yaml")
+        self.progress = Progress(cfg.train.max_steps, self.step, active=self.layout.is_main)
+        self.meter = IntervalMeter(self.layout.world_size)
 
-    def client_state(step: int) -> dict:
-        return {"step": step, "epoch": stream.epoch, "loader_state": stream.state_dict(), "mlflow_run_id": run_id,
-                "best_metric": best_metric, "guard": guard.state_dict()}
+    def announce(self) -> None:
+        cfg = self.cfg
+        self.progress.message(
+            f"training {cfg.model.name} ({self.task}) on {self.layout.world_size} process(es), "
+            f"{self.plan.batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
+            f"warm-up until step {self.pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
 
-    def write_weights_into(tag_dir: Path, step: int) -> None:
-        state = gather_state_dict(engine)  # collective under ZeRO-3
-        if state is not None:
-            write_weights(state, tag_dir / WEIGHTS_NAME, model=cfg.model.name, task=task, step=step)
+    # -- one step -------------------------------------------------------------------------------
 
-    def save(step: int, metric: float | None) -> None:
-        checkpointer.save(engine, step, client_state(step), metric=metric,
-                          write_extra=lambda tag_dir: write_weights_into(tag_dir, step))
+    def is_pretrain(self) -> bool:
+        """Unrolled warm-up (or a weight-tied model, which never solves for an equilibrium)."""
+        return self.weight_tied or self.step < self.pretrain_steps
 
-    metric_key = "top1" if task == "classification" else "miou"
-
-    def run_eval(step: int) -> dict[str, float]:
-        pretrain = build.evaluates_unrolled(step, pretrain_steps, weight_tied)  # the last step's mode
-        result = evaluate(engine, eval_loader, task=task, num_classes=plan.num_classes, device=layout.device,
-                          dtype=dtype, pretrain=pretrain, max_batches=cfg.data.eval_max_batches,
-                          keep_overlays=3 if layout.is_main else 0)
-        log_eval(tracker, progress, result, step, task, plan.num_classes)
-        return result.metrics
-
-    step = start_step
-    while step < max_steps:
-        pretrain = weight_tied or step < pretrain_steps
-        lr = lr_at(step, cfg.optim, max_steps)
-        set_lr(engine.optimizer, lr)
-        outcome = train_step(engine, batches, step=step, task=task, pretrain=pretrain,
-                             accum=plan.batching.grad_accum_steps, dtype=dtype, device=layout.device,
+    def train_one_step(self) -> StepOutcome | None:
+        """One optimizer step; None when the divergence guard rolled the run back instead."""
+        cfg, step = self.cfg, self.step
+        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+        set_lr(self.engine.optimizer, lr)
+        self.stepped_unrolled = self.is_pretrain()
+        outcome = train_step(self.engine, self.batches, step=step, task=self.task, pretrain=self.stepped_unrolled,
+                             accum=self.plan.batching.grad_accum_steps, dtype=self.dtype, device=self.layout.device,
                              label_smoothing=cfg.train.label_smoothing,
-                             inject_nan=cfg.train.inject_nan_at_step == step, sample_log=sample_log)
-        verdict = guard.observe(loss_finite=outcome.loss_finite, grads_finite=outcome.grads_finite,
-                                protective_break=outcome.protective_break)
+                             inject_nan=cfg.train.inject_nan_at_step == step, sample_log=self.sample_log)
+        verdict = self.guard.observe(loss_finite=outcome.loss_finite, grads_finite=outcome.grads_finite,
+                                     protective_break=outcome.protective_break)
         if verdict == "rollback":
-            point = checkpointer.find_resume()
-            if point is None:
-                raise TrainerError(f"training diverged at step {step} ({cfg.train.max_bad_steps} bad steps in a row) "
-                                   "and there is no committed checkpoint to roll back to: lower optim.lr or "
-                                   "enable checkpoint.every_steps")
-            state = checkpointer.load(engine, point)
-            step = int(state["step"])
-            if state.get("loader_state") is not None:
-                stream.load_state_dict(state["loader_state"])
-            batches = iter(stream)
-            progress.message(f"rolled back to step {step} after repeated non-finite steps")
-            continue
+            self.roll_back()
+            return None
         if verdict == "abort":
             raise DivergenceError(f"training diverged at step {step}: {cfg.train.max_bad_steps} consecutive bad steps "
                                   "(non-finite loss/gradients or solver protective breaks); lower optim.lr, raise "
                                   "deq.f_max_iter or use train.on_divergence=rollback")
-        step += 1
-        meter.add(outcome, lr, pretrain, stream)
-        if step % cfg.train.log_every == 0 or step == max_steps:
-            metrics = meter.flush(stream)
-            progress.step(step, metrics, "warm-up" if pretrain else "equilibrium")
-            tracker.log_metrics(metrics, step)
-            record = {"step": step, **metrics}
-            history.append(record)
-            if metrics_log is not None:
-                metrics_log.write(json.dumps(record) + "\n")
-                metrics_log.flush()
-        eval_now = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == max_steps
-        if eval_now:
-            last_eval = run_eval(step)
-            best_metric = max(best_metric or float("-inf"), last_eval[metric_key])
-        stop = preemption.should_stop()
-        if step == max_steps or stop or checkpointer.should_save(step):
-            save(step, last_eval.get(metric_key) if eval_now else None)
+        self.meter.add(outcome, lr, self.stepped_unrolled, self.stream)
+        return outcome
+
+    def roll_back(self) -> None:
+        """Return to the newest committed checkpoint after repeated non-finite steps."""
+        point = self.checkpointer.find_resume()
+        if point is None:
+            raise TrainerError(f"training diverged at step {self.step} ({self.cfg.train.max_bad_steps} bad steps in "
+                               "a row) and there is no committed checkpoint to roll back to: lower optim.lr or "
+                               "enable checkpoint.every_steps")
+        self.restore(point)
+        self.batches = iter(self.stream)
+        self.progress.message(f"rolled back to step {self.step} after repeated non-finite steps")
+
+    def log_interval(self, outcome: StepOutcome) -> None:
+        """Console line, MLflow metrics and metrics.jsonl every ``train.log_every`` steps."""
+        step = self.step
+        if step % self.cfg.train.log_every != 0 and step != self.cfg.train.max_steps:
+            return
+        metrics = self.meter.flush(self.stream)
+        self.progress.step(step, metrics, "warm-up" if self.stepped_unrolled else "equilibrium")
+        self.tracker.log_metrics(metrics, step)
+        record = {"step": step, **metrics}
+        self.history.append(record)
+        if self.metrics_log is not None:
+            self.metrics_log.write(json.dumps(record) + "\n")
+            self.metrics_log.flush()
+
+    def maybe_evaluate(self) -> bool:
+        """Evaluate every ``train.eval_every`` steps and at the last step; True when it ran."""
+        every, step = self.cfg.train.eval_every, self.step
+        if not ((every and step % every == 0) or step == self.cfg.train.max_steps):
+            return False
+        self.last_eval = self.evaluate()
+        self.best_metric = max(self.best_metric or float("-inf"), self.last_eval[self.metric_key])
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate in the mode the last step trained in (unrolled during warm-up) and log it."""
+        pretrain = build.evaluates_unrolled(self.step, self.pretrain_steps, self.weight_tied)
+        result = evaluate(self.engine, self.eval_loader, task=self.task, num_classes=self.plan.num_classes,
+                          device=self.layout.device, dtype=self.dtype, pretrain=pretrain,
+                          max_batches=self.cfg.data.eval_max_batches, keep_overlays=3 if self.layout.is_main else 0)
+        log_eval(self.tracker, self.progress, result, self.step, self.task, self.plan.num_classes)
+        return result.metrics
+
+    def maybe_save_or_stop(self, evaluated: bool) -> None:
+        """Commit a checkpoint when due, at the end, or on preemption (then exit with the preemption code)."""
+        step, max_steps = self.step, self.cfg.train.max_steps
+        stop = self.preemption.should_stop()  # collective: every rank stops at the same step
+        if step == max_steps or stop or self.checkpointer.should_save(step):
+            self.save(self.last_eval.get(self.metric_key) if evaluated else None)
         if stop and step < max_steps:
-            progress.message(f"preempted: checkpoint committed at step {step}; exiting with {PREEMPTED_EXIT_CODE}")
-            tracker.end("KILLED")
+            self.progress.message(f"preempted: checkpoint committed at step {step}; exiting with {PREEMPTED_EXIT_CODE}")
+            self.tracker.end("KILLED")
             raise SystemExit(PREEMPTED_EXIT_CODE)
-    if metrics_log is not None:
-        metrics_log.close()
-    if not last_eval:  # resumed from the final checkpoint: nothing trained, still report the metrics
-        last_eval = run_eval(step)
-    final = dict(last_eval)
-    if layout.is_main:
-        (out_dir / "final_metrics.json").write_text(json.dumps({"step": step, **final}, indent=2))
-        log_final_artifacts(tracker, out_dir, history, pretrain_steps)
-    tracker.end("FINISHED")
-    return TrainResult(steps=step, final_metrics=final, output_dir=str(out_dir),
-                       checkpoint_dir=str(Path(cfg.checkpoint.dir).resolve()), tracking_uri=tracker.uri,
-                       tracking_run_id=run_id, history=history)
+
+    # -- checkpoints and the end ----------------------------------------------------------------
+
+    def client_state(self) -> dict:
+        """What a checkpoint carries beside the engine: step, data position, run id, guard."""
+        return {"step": self.step, "epoch": self.stream.epoch, "loader_state": self.stream.state_dict(),
+                "mlflow_run_id": self.run_id, "best_metric": self.best_metric, "guard": self.guard.state_dict()}
+
+    def save(self, metric: float | None) -> None:
+        step = self.step
+
+        def write_weights_into(tag_dir: Path) -> None:
+            state = gather_state_dict(self.engine)  # collective under ZeRO-3
+            if state is not None:
+                write_weights(state, tag_dir / WEIGHTS_NAME, model=self.cfg.model.name, task=self.task, step=step)
+
+        self.checkpointer.save(self.engine, step, self.client_state(), metric=metric, write_extra=write_weights_into)
+
+    def finish(self) -> TrainResult:
+        """Final metrics (evaluating if a resume found nothing left to train), summary files, run end."""
+        if not self.last_eval:  # resumed from the final checkpoint: nothing trained, still report the metrics
+            self.last_eval = self.evaluate()
+        final = dict(self.last_eval)
+        if self.layout.is_main:
+            self.metrics_log.close()
+            self.metrics_log = None
+            (self.out_dir / "final_metrics.json").write_text(json.dumps({"step": self.step, **final}, indent=2))
+            log_final_artifacts(self.tracker, self.out_dir, self.history, self.pretrain_steps)
+        self.tracker.end("FINISHED")
+        return TrainResult(steps=self.step, final_metrics=final, output_dir=str(self.out_dir),
+                           checkpoint_dir=str(Path(self.cfg.checkpoint.dir).resolve()), tracking_uri=self.tracker.uri,
+                           tracking_run_id=self.run_id, history=self.history)
