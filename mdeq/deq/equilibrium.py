@@ -47,6 +47,21 @@ class DEQStats:
     jac_loss: torch.Tensor | None = None  # gamma * Hutchinson ||J_f||_F^2 / dim: add it to the loss
     solver_buffer_bytes: int = 0  # history buffers of the forward solver (the memory bound)
     b_trace: list[float] = field(default_factory=list)  # adjoint residual trace
+    # the forward solve's counterparts of SolverStats (see mdeq.solvers.base for what each holds)
+    converged_fraction: float = 0.0
+    hit_cap: bool = False
+    branch_trace: list[list[float]] = field(default_factory=list)
+    abs_trace: list[float] = field(default_factory=list)
+    rel_trace: list[float] = field(default_factory=list)
+    # the same for the adjoint solve of the implicit backward, filled in by its hook
+    b_converged_fraction: float = 0.0
+    b_hit_cap: bool = False
+    b_branch_residuals: list[float] = field(default_factory=list)
+    b_branch_trace: list[list[float]] = field(default_factory=list)
+    b_abs_trace: list[float] = field(default_factory=list)
+    b_rel_trace: list[float] = field(default_factory=list)
+    b_protective_break: bool = False
+    b_solver_stats: SolverStats | None = None  # everything the adjoint solver reported
 
 
 def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), *, options: DEQOptions,
@@ -159,6 +174,10 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
         stats.b_residual = b_stats.rel_residual if options.stop_mode == "rel" else b_stats.abs_residual
         stats.b_converged = b_stats.converged
         stats.b_trace = b_stats.residual_trace
+        stats.b_converged_fraction, stats.b_hit_cap = b_stats.converged_fraction, b_stats.hit_cap
+        stats.b_branch_residuals, stats.b_branch_trace = b_stats.branch_residuals, b_stats.branch_trace
+        stats.b_abs_trace, stats.b_rel_trace = b_stats.abs_trace, b_stats.rel_trace
+        stats.b_protective_break, stats.b_solver_stats = b_stats.protective_break, b_stats
         return g.to(grad.dtype)
 
     alias.register_hook(hook)
@@ -188,7 +207,8 @@ def _stats_from(s: SolverStats) -> DEQStats:
     return DEQStats(nfe=s.nfe, residual_trace=s.residual_trace, branch_residuals=s.branch_residuals,
                     abs_residual=s.abs_residual, rel_residual=s.rel_residual, lowest_step=s.lowest_step,
                     converged=s.converged, protective_break=s.protective_break,
-                    solver_buffer_bytes=s.buffer_bytes)
+                    solver_buffer_bytes=s.buffer_bytes, converged_fraction=s.converged_fraction,
+                    hit_cap=s.hit_cap, branch_trace=s.branch_trace, abs_trace=s.abs_trace, rel_trace=s.rel_trace)
 
 
 def _solver_kwargs(name: str, options: DEQOptions) -> dict:

@@ -38,6 +38,16 @@ class SolverStats:
     protective_break: bool = False  # stopped because the residual exploded or went non-finite
     nonfinite: bool = False  # f returned inf/nan at some iterate
     buffer_bytes: int = 0  # bytes of the solver's history buffers (the memory bound)
+    converged_fraction: float = 0.0  # fraction of samples whose lowest stop-mode residual is < tol
+    hit_cap: bool = False  # used all max_iter f evaluations and not every sample reached tol
+    # per f evaluation, one value per branch: the batch mean of each sample's stop-mode residual of
+    # that branch's slice (||d_b|| / (||f_b|| + 1e-12) in rel mode, ||d_b|| in abs mode, d = f(z) - z)
+    # for the iterate just evaluated. branch_residuals is the same quantity for the returned
+    # (lowest-residual per sample) iterate, so branch_trace[-1] == branch_residuals whenever the last
+    # iterate is every sample's best; residual_trace uses the joint norm over all branches instead.
+    branch_trace: list[list[float]] = field(default_factory=list)
+    abs_trace: list[float] = field(default_factory=list)  # batch-mean ||f(z)-z|| per f evaluation
+    rel_trace: list[float] = field(default_factory=list)  # batch-mean ||f(z)-z|| / ||f(z)|| per f evaluation
 
 
 def work_dtype(z0: torch.Tensor) -> torch.dtype:
@@ -75,7 +85,11 @@ class ResidualTracker:
         nb = len(self.branch_sizes)
         self.best_diff_sq = torch.zeros(batch, nb, dtype=dtype, device=z0.device)  # ||f(z)-z||^2 per branch
         self.best_f_sq = torch.zeros(batch, nb, dtype=dtype, device=z0.device)  # ||f(z)||^2 per branch
+        self.max_iter = max_iter
         self.trace: list[float] = []
+        self.abs_trace: list[float] = []
+        self.rel_trace: list[float] = []
+        self.branch_trace: list[list[float]] = []
         self.nfe = 0
         self.first = math.nan
         self.protective_break = self.nonfinite = self.converged = False
@@ -85,6 +99,11 @@ class ResidualTracker:
         if len(self.branch_sizes) == 1:
             return torch.linalg.vecdot(x, x)[:, None]
         return torch.stack([torch.linalg.vecdot(part, part) for part in x.split(self.branch_sizes, dim=1)], 1)
+
+    def _branch_res(self, diff_sq: torch.Tensor, f_sq: torch.Tensor) -> torch.Tensor:
+        """(B, branches): stop-mode residual of each branch from its squared norms (B, branches)."""
+        branch_abs = diff_sq.sqrt()
+        return branch_abs / (f_sq.sqrt() + 1e-12) if self.rel else branch_abs
 
     def observe(self, z: torch.Tensor, fz: torch.Tensor, diff: torch.Tensor | None = None) -> bool:
         """Record f(z) for iterate z (B, D, work dtype; ``diff`` = fz - z if already at hand).
@@ -107,8 +126,14 @@ class ResidualTracker:
         torch.where(improved, res, self.best_res, out=self.best_res)
         torch.where(improved[:, None], diff_sq, self.best_diff_sq, out=self.best_diff_sq)
         torch.where(improved[:, None], f_sq, self.best_f_sq, out=self.best_f_sq)
-        mean_res, worst_best = torch.stack([res.mean(), self.best_res.max()]).tolist()  # one sync
+        rel_res = abs_res / (f_sq.sum(1).sqrt() + 1e-12) if not self.rel else res
+        per_sample = torch.cat([torch.stack([res, abs_res, rel_res], 1), self._branch_res(diff_sq, f_sq)], 1)
+        mean_res, worst_best, abs_mean, rel_mean, *branch_means = torch.cat(
+            [per_sample.mean(0)[:1], self.best_res.max()[None], per_sample.mean(0)[1:]]).tolist()  # one sync
         self.trace.append(mean_res)
+        self.abs_trace.append(abs_mean)
+        self.rel_trace.append(rel_mean)
+        self.branch_trace.append(branch_means)
         if self.nfe == 1:
             self.first = mean_res
         if not math.isfinite(mean_res):
@@ -127,18 +152,20 @@ class ResidualTracker:
         first = 1 if len(self.trace) > 1 and any(math.isfinite(r) for r in self.trace[1:]) else 0
         finite = [r for r in self.trace[first:] if math.isfinite(r)]  # z0 is a fallback only (observe)
         lowest = 1 + self.trace.index(min(finite), first) if finite else 0
-        branch_abs = self.best_diff_sq.sqrt()  # (B, nb)
-        branch = branch_abs / (self.best_f_sq.sqrt() + 1e-12) if self.rel else branch_abs
+        branch = self._branch_res(self.best_diff_sq, self.best_f_sq)  # (B, nb)
         never = torch.isinf(self.best_res)[:, None]  # a sample with no finite iterate at all
         branch = torch.where(never, math.nan, branch)
         abs_res = torch.where(never[:, 0], math.nan, self.best_diff_sq.sum(1).sqrt())
         rel_res = abs_res / (self.best_f_sq.sum(1).sqrt() + 1e-12)
-        abs_mean, rel_mean, *branch_means = torch.cat(
-            [abs_res.mean()[None], rel_res.mean()[None], branch.mean(0)]).tolist()
+        reached = (self.best_res < self.tol).to(abs_res.dtype).mean()
+        abs_mean, rel_mean, converged_fraction, *branch_means = torch.cat(
+            [abs_res.mean()[None], rel_res.mean()[None], reached[None], branch.mean(0)]).tolist()
         stats = SolverStats(
             nfe=self.nfe, residual_trace=self.trace, abs_residual=abs_mean, rel_residual=rel_mean,
             branch_residuals=branch_means, lowest_step=lowest, converged=self.converged,
             protective_break=self.protective_break, nonfinite=self.nonfinite, buffer_bytes=buffer_bytes,
+            converged_fraction=converged_fraction, hit_cap=self.nfe >= self.max_iter and not self.converged,
+            branch_trace=self.branch_trace, abs_trace=self.abs_trace, rel_trace=self.rel_trace,
         )
         return self.best_z, stats
 
