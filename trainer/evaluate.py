@@ -19,12 +19,47 @@ from trainer.metrics import ClassificationMeter, ConfusionMeter
 
 @dataclass
 class EvalResult:
-    """Metrics (reduced over ranks) plus what the convergence plot and overlays need (rank-local)."""
+    """Metrics and solver traces (reduced over ranks), overlays (rank-local).
+
+    The traces are batch means of the forward solve's stop-mode residual after each f evaluation, a
+    batch that stopped earlier counting with its final value, so a curve's last point is the mean
+    residual at each solve's last f evaluation: ``metrics["residual"]`` (joint) and
+    ``metrics["residual_branch<i>"]``. Empty for an evaluation in unrolled mode (no solve).
+    """
 
     metrics: dict[str, float]
-    residual_trace: list[float] = field(default_factory=list)  # mean residual per solver iteration
-    branch_residuals: list[float] = field(default_factory=list)  # mean final residual per branch
+    residual_trace: list[float] = field(default_factory=list)  # joint residual per f evaluation
+    branch_trace: list[list[float]] = field(default_factory=list)  # per f evaluation, one value per branch
+    branch_residuals: list[float] = field(default_factory=list)  # per branch, of the returned (lowest) iterate
+    solves: int = 0  # batches (all ranks) behind the traces
     overlays: list[tuple] = field(default_factory=list)  # (image (3,H,W), label (H,W), pred (H,W)) CPU
+
+
+class _TraceSum:
+    """Sums of per-batch forward-solve traces, padded to the cap with each batch's final value, in one
+    tensor of a shape every rank knows in advance (cap and branch count), so one all-reduce sums it."""
+
+    def __init__(self, cap: int, branches: int) -> None:
+        self.cap, self.branches = cap, branches
+        # rows: f evaluations; columns: [batches still solving, joint residual, branch 0.., ...]
+        self.trace = torch.zeros(cap, 2 + branches, dtype=torch.float64)
+        # [batches, converged fraction, cap hits, returned residual per branch...]
+        self.totals = torch.zeros(3 + branches, dtype=torch.float64)
+
+    def add(self, stats) -> None:
+        n = min(len(stats.residual_trace), len(stats.branch_trace), self.cap)
+        if n == 0 or len(stats.branch_trace[0]) != self.branches:
+            return
+        rows = torch.tensor([[1.0, stats.residual_trace[k], *stats.branch_trace[k]] for k in range(n)],
+                            dtype=torch.float64)  # (n, 2 + branches)
+        self.trace[:n] += rows
+        self.trace[n:, 1:] += rows[-1, 1:]  # a finished solve keeps its final residual
+        self.totals += torch.tensor([1.0, stats.converged_fraction, float(stats.hit_cap), *stats.branch_residuals],
+                                    dtype=torch.float64)
+
+    def reduce(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = all_reduce_sum(torch.cat([self.trace.flatten(), self.totals]).to(device)).cpu()
+        return flat[:self.trace.numel()].view_as(self.trace), flat[self.trace.numel():]
 
 
 def _forward(module, images: torch.Tensor, pretrain: bool, autocast_dtype: torch.dtype | None) -> torch.Tensor:
@@ -46,9 +81,11 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
     was_training = module.training
     module.eval()
     meter = ClassificationMeter(device) if task == "classification" else ConfusionMeter(num_classes, device)
-    trace_sum: list[float] = []
-    trace_count: list[int] = []
-    branch_sum = torch.zeros(0, dtype=torch.float64)
+    model = _model_of(module)
+    options, spec = getattr(model, "deq_options", None), getattr(model, "spec", None)
+    # the same decision on every rank (config only): whether the trace all-reduce runs
+    traces = (_TraceSum(int(options.f_max_iter), len(spec.channels))
+              if not pretrain and options is not None and spec is not None else None)
     nfe = torch.zeros(2, dtype=torch.float64)  # [f evaluations summed over batches, batches]
     overlays: list[tuple] = []
     t0 = time.perf_counter()
@@ -69,29 +106,40 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
             if len(overlays) < keep_overlays:
                 pred = upsample_to(logits[:1], tuple(targets.shape[-2:])).argmax(1)[0]
                 overlays.append((images[0].float().cpu(), targets[0].cpu(), pred.cpu()))
-        stats = getattr(_model_of(module), "last_stats", None)
+        stats = getattr(model, "last_stats", None)
         if stats is not None:
             nfe += torch.tensor([float(stats.nfe), 1.0], dtype=torch.float64)
-            for i, value in enumerate(stats.residual_trace):
-                if i >= len(trace_sum):
-                    trace_sum.append(0.0)
-                    trace_count.append(0)
-                trace_sum[i] += float(value)
-                trace_count[i] += 1
-            residuals = torch.tensor([float(r) for r in stats.branch_residuals], dtype=torch.float64)
-            branch_sum = residuals if branch_sum.numel() == 0 else branch_sum + residuals
+            if traces is not None:
+                traces.add(stats)
     metrics = meter.compute()
     totals = all_reduce_sum(nfe.to(device)).cpu()
     if totals[1] > 0:
         metrics["f_nfe"] = totals[0].item() / totals[1].item()
+    result = EvalResult(metrics=metrics, overlays=overlays)
+    if traces is not None:
+        _add_traces(result, *traces.reduce(device))
     metrics["seconds"] = time.perf_counter() - t0
     if was_training:
         module.train()
-    batches = max(nfe[1].item(), 1.0)
-    return EvalResult(metrics=metrics,
-                      residual_trace=[s / c for s, c in zip(trace_sum, trace_count)],
-                      branch_residuals=(branch_sum / batches).tolist(),
-                      overlays=overlays)
+    return result
+
+
+def _add_traces(result: EvalResult, trace: torch.Tensor, totals: torch.Tensor) -> None:
+    """Fill the result's traces and solver metrics from the summed ``_TraceSum`` tensors."""
+    solves = totals[0].item()
+    if solves == 0:
+        return
+    longest = int((trace[:, 0] > 0).sum().item())  # f evaluations of the longest solve
+    curves = (trace[:longest, 1:] / solves).tolist()  # (longest, 1 + branches)
+    result.solves = int(solves)
+    result.residual_trace = [row[0] for row in curves]
+    result.branch_trace = [row[1:] for row in curves]
+    result.branch_residuals = (totals[3:] / solves).tolist()
+    result.metrics["residual"] = result.residual_trace[-1]
+    for i, value in enumerate(result.branch_trace[-1]):
+        result.metrics[f"residual_branch{i}"] = value
+    result.metrics["f_converged"] = totals[1].item() / solves
+    result.metrics["f_hit_cap"] = totals[2].item() / solves
 
 
 def _model_of(module):

@@ -1,4 +1,5 @@
-"""The rank-0 console progress line: step, loss, lr, images/s, ETA, solver iterations."""
+"""The rank-0 console progress line: step, loss, accuracy, lr, images/s, ETA, solver iterations and
+convergence."""
 
 from __future__ import annotations
 
@@ -35,14 +36,20 @@ class Progress:
         if not self.active:
             return
         eta = self.eta(step)
-        parts = [f"step {step}/{self.max_steps}", f"[{phase}]", f"loss {metrics.get('train/loss', float('nan')):.4f}",
-                 f"lr {metrics.get('train/lr', 0.0):.3g}", f"{metrics.get('train/images_per_s', 0.0):.1f} img/s"]
+        parts = [f"step {step}/{self.max_steps}", f"[{phase}]", f"loss {metrics.get('train/loss', float('nan')):.4f}"]
+        for key, name in (("train/top1", "top1"), ("train/pixel_acc", "pixel acc")):
+            if key in metrics:
+                parts.append(f"{name} {metrics[key]:.1f}%")
+        parts += [f"lr {metrics.get('train/lr', 0.0):.3g}", f"{metrics.get('train/images_per_s', 0.0):.1f} img/s"]
         if phase == "equilibrium":
             parts.append(f"solver f {metrics.get('solver/f_nfe', 0):.0f} it / b {metrics.get('solver/b_nfe', 0):.0f} it")
             if "solver/rel_residual" in metrics:
                 parts.append(f"res {metrics['solver/rel_residual']:.2e}")
+            if "solver/f_converged" in metrics:
+                parts.append(f"converged f {100 * metrics['solver/f_converged']:.0f}%"
+                             + (f" / b {100 * metrics['solver/b_converged']:.0f}%" if "solver/b_converged" in metrics else ""))
         else:
-            parts.append(f"unrolled x{metrics.get('solver/f_nfe', 0):.0f}")
+            parts.append(f"f unrolled x{metrics.get('solver/f_nfe', 0):.0f}")
         parts.append(f"eta {format_duration(eta) if eta == eta else '?'}")
         print(" | ".join(parts), file=self.stream, flush=True)
 

@@ -1,28 +1,42 @@
-"""What the loop reports: interval averages for console/MLflow, evaluation metrics and figures,
-and the final artifacts (metrics JSON, loss curve)."""
+"""What the loop reports: interval metrics summed over ranks, the run's params, evaluations with
+their convergence figure, the run-summary figure, checkpoints and solver health.
+
+Counts are global (summed over ranks) unless a name says otherwise; solver numbers are means over
+the interval's steps and every rank's solves.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
-from trainer import plots
+import torch
+
+from trainer.distributed import all_reduce_sum
+
+# solver/* keys averaged over steps and ranks; a fixed list, identical on every rank, so the flush's
+# one all-reduce has the same shape everywhere whatever each rank's steps reported
+SOLVER_KEYS = ("solver/f_nfe", "solver/b_nfe", "solver/abs_residual", "solver/rel_residual", "solver/b_residual",
+               "solver/protective_break", "solver/f_converged", "solver/b_converged", "solver/f_hit_cap",
+               "solver/b_hit_cap", *(f"solver/residual_branch{i}" for i in range(4)), "train/grad_norm")
 
 
 class IntervalMeter:
-    """Averages step outcomes between two logging points (rank-local, loss already rank-averaged)."""
+    """Accumulates step outcomes between two logging points; ``flush`` (collective) reduces them."""
 
-    def __init__(self, world_size: int) -> None:
+    def __init__(self, world_size: int, task: str = "classification", device: torch.device | None = None) -> None:
         self.world_size = world_size
-        self._reset()
+        self.accuracy_key = "train/top1" if task == "classification" else "train/pixel_acc"
+        self.device = device or torch.device("cpu")
         self.skipped_total = 0
+        self._reset()
 
     def _reset(self) -> None:
         self.losses: list[float] = []
         self.solver: dict[str, list[float]] = {}
         self.samples = 0
+        self.correct = self.scored = 0.0
         self.data_seconds = 0.0
         self.t0 = time.perf_counter()
         self.step_seconds: list[float] = []
@@ -39,71 +53,80 @@ class IntervalMeter:
         for key, value in outcome.solver.items():
             self.solver.setdefault(key, []).append(value)
         self.samples += outcome.samples
+        self.correct += getattr(outcome, "correct", 0.0)
+        self.scored += getattr(outcome, "scored", 0.0)
         self.data_seconds += outcome.data_seconds
         self.step_seconds.append(outcome.seconds)
         self.lr = lr
         self.pretrain = pretrain
 
     def flush(self, stream=None) -> dict[str, float]:
-        """The interval's metrics (MLflow names), then start a new interval."""
+        """The interval's metrics (MLflow names), then start a new interval. Collective: every rank
+        calls it at the same steps."""
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         steps = sorted(self.step_seconds)
+        seen = float(getattr(stream, "samples_seen", 0) or 0)
+        bad = float(getattr(stream, "bad_samples", 0) or 0)
+        local = [float(self.samples), self.correct, self.scored, self.data_seconds, seen, bad]
+        for key in SOLVER_KEYS:
+            values = self.solver.get(key, [])
+            local += [float(sum(values)), float(len(values))]
+        total = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).cpu().tolist()
+        samples, correct, scored, data_seconds, seen, bad = total[:6]
         metrics = {
             "train/loss": sum(self.losses) / len(self.losses) if self.losses else float("nan"),
             "train/lr": self.lr,
-            "train/images_per_s": self.samples * self.world_size / elapsed,
-            "train/data_wait_fraction": self.data_seconds / elapsed,
+            "train/images_per_s": samples / elapsed,  # all ranks
+            self.accuracy_key: 100.0 * correct / scored if scored else float("nan"),  # all ranks
+            "train/data_wait_fraction": data_seconds / self.world_size / elapsed,  # mean over ranks
             "train/step_s": steps[len(steps) // 2] if steps else float("nan"),  # median of train_step alone
             "train/wall_step_s": elapsed / max(len(steps), 1),  # wall time per step since the last log point (all of it)
             "train/skipped_steps": float(self.skipped_total),
-            "train/warmup": 1.0 if self.pretrain else 0.0,
+            "train/unrolled_pretraining": 1.0 if self.pretrain else 0.0,
         }
-        for key, values in self.solver.items():
-            metrics[key] = sum(values) / len(values)
+        for i, key in enumerate(SOLVER_KEYS):
+            value_sum, count = total[6 + 2 * i], total[7 + 2 * i]
+            if count:
+                metrics[key] = value_sum / count
+        for key, values in self.solver.items():  # anything else a step reports: this rank's mean
+            if key not in SOLVER_KEYS:
+                metrics[key] = sum(values) / len(values)
         if stream is not None:
-            for name in ("bad_samples", "samples_seen", "epoch"):
-                value = getattr(stream, name, None)
-                if isinstance(value, (int, float)):
-                    metrics[f"data/{name}"] = float(value)
+            metrics["data/samples_seen"] = seen  # all ranks: steps x global batch
+            metrics["data/bad_samples"] = bad
+            if isinstance(getattr(stream, "epoch", None), (int, float)):
+                metrics["data/epoch"] = float(stream.epoch)
         self._reset()
         return metrics
 
 
-def log_eval(tracker, progress, result, step: int, task: str, num_classes: int) -> None:
-    """Console line, MLflow metrics ("eval/...") and the convergence figure (and overlays)."""
-    m = result.metrics
-    if task == "classification":
-        progress.message(f"eval @ step {step}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%  loss {m['loss']:.4f}"
-                         f"  ({m.get('samples', 0)} images, {m['seconds']:.1f}s"
-                         + (f", {m['f_nfe']:.1f} f-evals" if "f_nfe" in m else "") + ")")
-    else:
-        progress.message(f"eval @ step {step}: mIoU {m['miou']:.2f}%  pixel acc {m['pixel_acc']:.2f}%"
-                         f"  ({m['seconds']:.1f}s)")
-    tracker.log_metrics({f"eval/{k}": v for k, v in m.items()}, step)
-    if not tracker.active:
-        return
-    if result.residual_trace:
-        fig = plots.convergence(result.residual_trace, result.branch_residuals, step)
-        tracker.log_figure(fig, f"plots/convergence_step{step:07d}.png")
-        plots.close(fig)
-    if result.overlays:
-        import data_pipelines as data
-
-        fig = plots.segmentation_overlays(result.overlays, num_classes, data.IMAGENET_MEAN, data.IMAGENET_STD)
-        tracker.log_figure(fig, f"overlays/step{step:07d}.png")
-        plots.close(fig)
+def run_params(cfg, flat: dict, *, resolved_model: dict, deq_options, batching, world_size: int,
+               pretrain_steps: int, tracking_uri: str, output_dir: Path) -> dict:
+    """The MLflow params: the flattened config with every ``null`` the run resolved replaced by the
+    value it used (model preset, solver caps, pre-training length, accumulation, ...), plus the batch
+    layout and precision under ``run.*``."""
+    params = dict(flat)
+    params.update({f"model.{k}": v for k, v in resolved_model.items()})
+    params.update({
+        "deq.f_max_iter": deq_options.f_max_iter, "deq.b_max_iter": deq_options.b_max_iter,
+        "deq.pretrain_steps": pretrain_steps, "deq.pretrain_layers": deq_options.unrolled_steps,
+        "train.grad_accum_steps": batching.grad_accum_steps, "train.global_batch_size": batching.global_batch,
+        "data.eval_batch_size": cfg.data.eval_batch_size or cfg.data.batch_size,
+        "train.output_dir": str(output_dir), "tracking.uri": tracking_uri,
+        "run.world_size": world_size, "run.global_batch": batching.global_batch,
+        "run.micro_batch_per_rank": batching.micro_batch, "run.grad_accum_steps": batching.grad_accum_steps,
+        "run.precision": cfg.deepspeed.precision,
+        "run.solver_compute_dtype": str(deq_options.compute_dtype or "fp32").replace("torch.", ""),
+    })
+    return params
 
 
-def log_final_artifacts(tracker, out_dir: Path, history: list[dict], pretrain_steps: int) -> None:
-    """Upload final_metrics.json, config.yaml, metrics.jsonl and the loss curve."""
-    if not tracker.active:
-        return
-    for name in ("final_metrics.json", "config.yaml", "metrics.jsonl"):
-        if (out_dir / name).is_file():
-            tracker.log_artifact(out_dir / name, "run")
-    points = [(h["step"], h["train/loss"]) for h in history if math.isfinite(h.get("train/loss", float("nan")))]
-    if points:
-        fig = plots.loss_curve([p[0] for p in points], [p[1] for p in points], pretrain_steps)
-        tracker.log_figure(fig, "plots/loss_curve.png")
-        plots.close(fig)
-    tracker.log_text(json.dumps(history[-1] if history else {}, indent=2), "run/last_train_metrics.json")
+def resolved_model_params(cfg, spec) -> dict:
+    """``model.*`` as built (``spec``: the model's resolved ``ModelSpec``), no ``None`` left."""
+    out = {"name": cfg.model.name, "init_from": cfg.model.init_from or "none",
+           "num_branches": len(spec.channels)}
+    for key in ("num_classes", "channels", "head_channels", "final_channels", "width_expansion", "num_groups",
+                "dropout", "injection", "downsample_times", "weight_tied_layers"):
+        value = getattr(spec, key)
+        out[key] = list(value) if isinstance(value, tuple) else ("none" if value is None else value)
+    return out

@@ -33,6 +33,9 @@ class StepOutcome:
     data_seconds: float
     seconds: float
     solver: dict[str, float] = field(default_factory=dict)
+    correct: float = 0.0  # this rank's top-1 hits (classification) or correct pixels (segmentation)
+    scored: float = 0.0  # this rank's samples (or labelled pixels) behind ``correct``
+    traces: dict[str, list] = field(default_factory=dict)  # the last micro-step's solver traces (solver_traces)
 
 
 def sample_log_enabled() -> bool:
@@ -56,7 +59,9 @@ class SampleLog:
                                   "keys": list(keys) if keys is not None else None}) + "\n")
 
 
-def _solver_metrics(stats, prefix: str = "solver/") -> dict[str, float]:
+def _solver_metrics(stats, pretrain: bool, prefix: str = "solver/") -> dict[str, float]:
+    """One step's solver numbers (this rank). Unrolled pre-training has no tolerance and no cap:
+    its steps report no converged fraction or cap hit."""
     if stats is None:
         return {}
     out = {f"{prefix}f_nfe": float(stats.nfe), f"{prefix}abs_residual": float(stats.abs_residual),
@@ -64,10 +69,35 @@ def _solver_metrics(stats, prefix: str = "solver/") -> dict[str, float]:
            f"{prefix}protective_break": float(bool(stats.protective_break))}
     for i, value in enumerate(stats.branch_residuals):
         out[f"{prefix}residual_branch{i}"] = float(value)
+    if not pretrain:
+        out[f"{prefix}f_converged"] = float(stats.converged_fraction)
+        out[f"{prefix}f_hit_cap"] = float(bool(stats.hit_cap))
     if stats.b_nfe:
         out[f"{prefix}b_nfe"] = float(stats.b_nfe)
         out[f"{prefix}b_residual"] = float(stats.b_residual)
+        out[f"{prefix}b_converged"] = float(stats.b_converged_fraction)
+        out[f"{prefix}b_hit_cap"] = float(bool(stats.b_hit_cap))
     return out
+
+
+def solver_traces(stats) -> dict[str, list]:
+    """The residual traces of one equilibrium solve and its adjoint (lists only: no tensors kept)."""
+    if stats is None:
+        return {}
+    return {"f_trace": list(stats.residual_trace), "f_branch_trace": [list(r) for r in stats.branch_trace],
+            "b_trace": list(stats.b_trace), "b_branch_trace": [list(r) for r in stats.b_branch_trace]}
+
+
+@torch.no_grad()
+def _hits(task: str, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """(correct, scored) of one micro-batch: top-1 hits over samples, or correct over labelled pixels."""
+    if task == "classification":
+        return float((logits.argmax(1) == targets).sum().item()), float(targets.numel())
+    from trainer.losses import IGNORE_INDEX, upsample_to
+
+    pred = upsample_to(logits.detach().float(), tuple(targets.shape[-2:])).argmax(1)  # (B, H, W)
+    keep = targets != IGNORE_INDEX
+    return float((pred.eq(targets) & keep).sum().item()), float(keep.sum().item())
 
 
 def _zero_grads_finite(engine) -> bool:
@@ -91,7 +121,9 @@ def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: 
     data_seconds = 0.0
     loss_total = 0.0
     samples = 0
+    correct = scored = 0.0
     solver: dict[str, float] = {}
+    traces: dict[str, list] = {}
     micro_steps_at_start = engine.micro_steps
     loss_finite, protective, grads_ok = True, False, True
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -123,9 +155,12 @@ def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: 
         if not loss_finite or protective:
             break
         loss_total += check[0].item() / world
+        hits = _hits(task, logits, targets)
+        correct, scored = correct + hits[0], scored + hits[1]
         engine.backward(loss)
         if stats is not None:
-            solver = _solver_metrics(stats)  # after backward: b_nfe is filled in by the adjoint solve
+            solver = _solver_metrics(stats, pretrain)  # after backward: b_* filled in by the adjoint solve
+            traces = {} if pretrain else solver_traces(stats)
         if micro == accum - 1 and engine.zero_optimization_stage() == 0:
             grads_ok = _zero_grads_finite(engine)
             if not grads_ok:
@@ -146,4 +181,5 @@ def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: 
     return StepOutcome(loss=loss_total / accum if applied else float("nan"), applied=applied and grads_ok,
                        loss_finite=loss_finite, grads_finite=grads_ok, protective_break=protective,
                        samples=samples, data_seconds=data_seconds, seconds=time.perf_counter() - t0,
-                       solver=solver)
+                       solver=solver, correct=correct if applied else 0.0, scored=scored if applied else 0.0,
+                       traces=traces)

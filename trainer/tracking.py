@@ -12,8 +12,10 @@ artifacts go to ``mlartifacts/`` beside the database file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +36,15 @@ def resolve_uri(cfg: TrackingConfig) -> str:
         # a relative sqlite path: make it absolute so every process and `mlflow ui` agree
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
+
+
+def default_run_name(model: str, task: str, world_size: int) -> str:
+    """``<model>-<task>-w<world size>-<6 hex>``: what ran, and a suffix that keeps runs apart.
+
+    MLflow would otherwise pick a random two-word name that says nothing and may repeat.
+    """
+    short = {"classification": "cls", "segmentation": "seg"}.get(task, task)
+    return f"{model}-{short}-w{world_size}-{secrets.token_hex(3)}"
 
 
 def ui_command(uri: str) -> str:
@@ -65,8 +76,13 @@ class Tracker:
         except Exception:
             pass
 
-    def start(self, params: dict[str, Any], *, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
-        """Start (or with ``run_id`` resume) the run and log ``params``; returns the run id."""
+    def start(self, params: dict[str, Any], *, run_id: str | None = None, tags: dict[str, str] | None = None,
+              run_name: str | None = None) -> str | None:
+        """Start (or with ``run_id`` resume) the run and log ``params``; returns the run id.
+
+        A new run is named ``tracking.run_name`` if set, else ``run_name``; a resumed run keeps the
+        name it was given when it started.
+        """
         if not self.active:
             return None
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -90,7 +106,7 @@ class Tracker:
                 # MLflow samples every 10 s by default and logs nothing for a shorter run.
                 mlflow.set_system_metrics_sampling_interval(self.cfg.system_metrics_every_s)
             run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                                   run_name=None if run_id else self.cfg.run_name, tags=tags,
+                                   run_name=None if run_id else (self.cfg.run_name or run_name), tags=tags,
                                    log_system_metrics=self.cfg.system_metrics)
             self.run_id = run.info.run_id
             existing = set(run.data.params) if run_id else set()
@@ -144,6 +160,21 @@ class Tracker:
         except Exception as err:
             self._fail(f"uploading figure {name}", err)
 
+    def log_json(self, data: Any, name: str) -> None:
+        """Store ``data`` as JSON artifact file ``name`` (e.g. "plots/convergence_step0000010.json")."""
+        self.log_text(json.dumps(data, indent=1), name)
+
+    @property
+    def run_name(self) -> str | None:
+        """The MLflow run's name (None when tracking is off)."""
+        if not self.active or self.run_id is None:
+            return None
+        try:
+            return self._client.get_run(self.run_id).info.run_name
+        except Exception as err:
+            self._fail("reading the run name", err)
+            return None
+
     def set_tag(self, key: str, value: str) -> None:
         if not self.active or self.run_id is None:
             return
@@ -163,5 +194,11 @@ class Tracker:
 
 
 def _param(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    """A param as MLflow shows it: floats to 6 significant digits (not ``5.337782855319162e-08``)."""
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    else:
+        text = "null" if value is None else str(value)
     return text[:6000]  # MLflow's limit on a param value

@@ -160,16 +160,16 @@ def test_zero_stages_give_the_same_losses_warmup_and_implicit(launch):
         assert other == pytest.approx(reference, rel=1e-3), f"ZeRO-{stage} vs ZeRO-0"
     # the equilibrium steps really ran the implicit backward
     last = launch["results"]["zero3"]["history"][-1]
-    assert last["solver/b_nfe"] > 0 and last["train/warmup"] == 0.0
+    assert last["solver/b_nfe"] > 0 and last["train/unrolled_pretraining"] == 0.0
 
 
 @pytest.mark.timeout(1200)
 def test_warmup_switches_to_equilibrium_mid_run(launch):
     history = launch["results"]["zero2"]["history"]
-    assert [h["train/warmup"] for h in history] == [1.0] * PRETRAIN + [0.0] * (STEPS - PRETRAIN)
+    assert [h["train/unrolled_pretraining"] for h in history] == [1.0] * PRETRAIN + [0.0] * (STEPS - PRETRAIN)
     assert all("solver/b_nfe" not in h for h in history[:PRETRAIN])  # unrolled: ordinary backprop
     assert all(h["solver/b_nfe"] > 0 and h["solver/f_nfe"] > 0 for h in history[PRETRAIN:])
-    assert "warm-up" in launch["output"] and "equilibrium" in launch["output"]
+    assert "unrolled pre-training" in launch["output"] and "equilibrium" in launch["output"]
     # distributed evaluation ran mid-run (eval_every=2) and at the end
     assert launch["output"].count("eval @ step") >= 2 * 5
 
@@ -194,7 +194,7 @@ def test_bf16_trains_and_mlflow_server_has_params_metrics_artifacts(launch):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "plots", "run"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert "plots/loss_curve.png" in plots and any(p.startswith("plots/convergence") for p in plots)
+    assert "plots/run_summary.png" in plots and any(p.startswith("plots/convergence") for p in plots)
     files = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
     assert "run/final_metrics.json" in files and "run/config.yaml" in files
     assert any(key.startswith("system/") for key in metrics), "system metrics missing"

@@ -39,4 +39,4 @@ def test_plain_single_process_run(tmp_path):
     committed = sorted(Path(tmp_path / "run" / "checkpoints").glob("step_*/model.pt"))
     assert committed and committed[-1].parent.name.endswith("2")
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [h["train/warmup"] for h in history] == [1.0, 0.0]  # the switch at deq.pretrain_steps=1
+    assert [h["train/unrolled_pretraining"] for h in history] == [1.0, 0.0]  # the switch at deq.pretrain_steps=1

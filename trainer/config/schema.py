@@ -122,6 +122,8 @@ class TrackingConfig:
     run_name: str | None = None
     system_metrics: bool = True  # CPU/GPU/memory/network sampled by MLflow's monitor thread
     system_metrics_every_s: float = rng(10.0, gt=0.0)  # sampling interval; short runs need a small one
+    solver_health_residual: float = rng(0.05, gt=0.0)  # warn when the forward rel. residual stays above this
+    solver_health_window: int = rng(20, ge=1)  # equilibrium steps the solver-health verdict looks back over
 
 
 @dataclass
@@ -143,7 +145,7 @@ class DEQPrecisionConfig:
 
 @dataclass
 class DEQConfig:
-    """Equilibrium solve, gradient mode and warm-up. ``None`` keeps the model entry's default."""
+    """Equilibrium solve, gradient mode and unrolled pre-training. ``None`` keeps the model entry's default."""
 
     f_solver: Literal["broyden", "anderson", "fixed_point"] = "broyden"
     b_solver: Literal["broyden", "anderson", "fixed_point"] = "broyden"
@@ -156,8 +158,8 @@ class DEQConfig:
     grad_mode: Literal["implicit", "unrolled", "phantom"] = "implicit"
     phantom_steps: int = rng(5, ge=1)
     phantom_damping: float = rng(0.8, gt=0.0, le=1.0)
-    pretrain_steps: int | None = rng(None, ge=0)  # warm-up: unrolled f for the first N steps
-    pretrain_layers: int | None = rng(None, ge=1)  # f applications during warm-up
+    pretrain_steps: int | None = rng(None, ge=0)  # unrolled pre-training: f unrolled for the first N steps
+    pretrain_layers: int | None = rng(None, ge=1)  # f applications per unrolled pre-training step
     jac_reg_weight: float = rng(0.0, ge=0.0)  # gamma of the Jacobian regulariser (0: off)
     jac_reg_prob: float = rng(0.0, ge=0.0, le=1.0)
     precision: DEQPrecisionConfig = field(default_factory=DEQPrecisionConfig)
