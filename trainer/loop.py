@@ -24,10 +24,11 @@ from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard,
 from trainer.optim import build_optimizer
 from trainer.preflight import preflight
 from trainer.progress import Progress
-from trainer.reporting import IntervalMeter, log_eval, log_final_artifacts
+from trainer.reporting import IntervalMeter, resolved_model_params, run_params
+from trainer.run_report import RunReport
 from trainer.schedules import lr_at, set_lr
 from trainer.step import SampleLog, StepOutcome, sample_log_enabled, train_step
-from trainer.tracking import Tracker
+from trainer.tracking import Tracker, default_run_name
 from trainer.transfer import WEIGHTS_NAME, apply_init_from, config_hash, gather_state_dict, write_weights
 
 
@@ -157,24 +158,34 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(dump_config(cfg))
             self.metrics_log = (self.out_dir / "metrics.jsonl").open("a")
-        self.run_id = self.tracker.start(flatten_config(cfg), run_id=self.run_id,
+        layout, options = self.layout, self.model.deq_options
+        params = run_params(cfg, flatten_config(cfg), resolved_model=resolved_model_params(cfg, self.model.spec),
+                            deq_options=options, batching=self.plan.batching, world_size=layout.world_size,
+                            pretrain_steps=self.pretrain_steps, tracking_uri=self.tracker.uri, output_dir=self.out_dir)
+        self.run_id = self.tracker.start(params, run_id=self.run_id,
+                                         run_name=default_run_name(cfg.model.name, self.task, layout.world_size),
                                          tags={"task": self.task, "model": cfg.model.name,
-                                               "world_size": str(self.layout.world_size)})
+                                               "world_size": str(layout.world_size)})
         self.tracker.log_text(dump_config(cfg), "config/resolved.yaml")
-        self.progress = Progress(cfg.train.max_steps, self.step, active=self.layout.is_main)
-        self.meter = IntervalMeter(self.layout.world_size)
+        self.progress = Progress(cfg.train.max_steps, self.step, active=layout.is_main)
+        self.meter = IntervalMeter(layout.world_size, self.task, layout.device)
+        self.report = RunReport(self.tracker, self.progress, cfg=cfg, task=self.task, num_classes=self.plan.num_classes,
+                                options=options, pretrain_steps=self.pretrain_steps,
+                                global_batch=self.plan.batching.global_batch, is_main=layout.is_main,
+                                out_dir=self.out_dir, history=self.history)
+        self.report.best = self.best_metric
 
     def announce(self) -> None:
         cfg = self.cfg
         self.progress.message(
             f"training {cfg.model.name} ({self.task}) on {self.layout.world_size} process(es), "
             f"{self.plan.batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
-            f"warm-up until step {self.pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
+            f"unrolled pre-training until step {self.pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
 
     # -- one step -------------------------------------------------------------------------------
 
     def is_pretrain(self) -> bool:
-        """Unrolled warm-up (or a weight-tied model, which never solves for an equilibrium)."""
+        """Unrolled pre-training (or a weight-tied model, which never solves for an equilibrium)."""
         return self.weight_tied or self.step < self.pretrain_steps
 
     def train_one_step(self) -> StepOutcome | None:
@@ -211,15 +222,14 @@ class Trainer:
         self.progress.message(f"rolled back to step {self.step} after repeated non-finite steps")
 
     def log_interval(self, outcome: StepOutcome) -> None:
-        """Console line, MLflow metrics and metrics.jsonl every ``train.log_every`` steps."""
+        """Solver health every step; console line, MLflow metrics and metrics.jsonl every
+        ``train.log_every`` steps."""
         step = self.step
+        self.report.step(step, outcome, self.stepped_unrolled)
         if step % self.cfg.train.log_every != 0 and step != self.cfg.train.max_steps:
             return
-        metrics = self.meter.flush(self.stream)
-        self.progress.step(step, metrics, "warm-up" if self.stepped_unrolled else "equilibrium")
-        self.tracker.log_metrics(metrics, step)
-        record = {"step": step, **metrics}
-        self.history.append(record)
+        record = self.report.interval(step, self.meter.flush(self.stream),
+                                      "unrolled pre-training" if self.stepped_unrolled else "equilibrium")
         if self.metrics_log is not None:
             self.metrics_log.write(json.dumps(record) + "\n")
             self.metrics_log.flush()
@@ -234,12 +244,12 @@ class Trainer:
         return True
 
     def evaluate(self) -> dict[str, float]:
-        """Evaluate in the mode the last step trained in (unrolled during warm-up) and log it."""
+        """Evaluate in the mode the last step trained in (unrolled during pre-training) and log it."""
         pretrain = build.evaluates_unrolled(self.step, self.pretrain_steps, self.weight_tied)
         result = evaluate(self.engine, self.eval_loader, task=self.task, num_classes=self.plan.num_classes,
                           device=self.layout.device, dtype=self.dtype, pretrain=pretrain,
                           max_batches=self.cfg.data.eval_max_batches, keep_overlays=3 if self.layout.is_main else 0)
-        log_eval(self.tracker, self.progress, result, self.step, self.task, self.plan.num_classes)
+        self.report.evaluation(self.step, result, unrolled=pretrain)
         return result.metrics
 
     def maybe_save_or_stop(self, evaluated: bool) -> None:
@@ -268,7 +278,8 @@ class Trainer:
             if state is not None:
                 write_weights(state, tag_dir / WEIGHTS_NAME, model=self.cfg.model.name, task=self.task, step=step)
 
-        self.checkpointer.save(self.engine, step, self.client_state(), metric=metric, write_extra=write_weights_into)
+        if self.checkpointer.save(self.engine, step, self.client_state(), metric=metric, write_extra=write_weights_into):
+            self.report.checkpoint(step, Path(self.cfg.checkpoint.dir).resolve())
 
     def finish(self) -> TrainResult:
         """Final metrics (evaluating if a resume found nothing left to train), summary files, run end."""
@@ -279,7 +290,7 @@ class Trainer:
             self.metrics_log.close()
             self.metrics_log = None
             (self.out_dir / "final_metrics.json").write_text(json.dumps({"step": self.step, **final}, indent=2))
-            log_final_artifacts(self.tracker, self.out_dir, self.history, self.pretrain_steps)
+            self.report.finish()
         self.tracker.end("FINISHED")
         return TrainResult(steps=self.step, final_metrics=final, output_dir=str(self.out_dir),
                            checkpoint_dir=str(Path(self.cfg.checkpoint.dir).resolve()), tracking_uri=self.tracker.uri,
