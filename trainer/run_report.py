@@ -39,6 +39,7 @@ class RunReport:
         self.evals: list[dict] = []
         self.last_traces: dict | None = None
         self.best: float | None = None
+        self._summary_steps: list[int | None] = []  # the evaluations after which the summary was drawn
 
     # ------------------------------------------------------------------------------------------
     def step(self, step: int, outcome, pretrain: bool) -> None:
@@ -124,7 +125,8 @@ class RunReport:
         fig = run_summary(data)
         self.tracker.log_figure(fig, "plots/run_summary.png")
         plots.close(fig)
-        self.tracker.log_json({"drawn_after_step": self.evals[-1]["step"] if self.evals else None,
+        self._summary_steps.append(self.evals[-1]["step"] if self.evals else None)
+        self.tracker.log_json({"drawn_after_steps": self._summary_steps,
                                "eval_steps": [e["step"] for e in self.evals]}, "plots/run_summary.json")
 
     def checkpoint(self, step: int, checkpoint_dir: Path) -> None:

@@ -143,24 +143,28 @@ def test_checkpoints_are_metrics_and_listed(launch):
 
 
 @pytest.mark.timeout(1200)
-def test_convergence_figure_matches_the_logged_eval_residuals(launch):
-    client, run_id = launch["client"], launch["runs"]["caps2"].info.run_id
+@pytest.mark.parametrize("run", ["caps2", "converging"])
+def test_convergence_figure_matches_the_logged_eval_residuals(launch, run):
+    client, run_id = launch["client"], launch["runs"][run].info.run_id
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     # the step-2 evaluation ran unrolled (pre-training): no convergence figure for it
     assert "plots/convergence_step0000002.png" not in plots
+    cap = 2 if run == "caps2" else 30
     for step in EVAL_STEPS[1:]:
         name = f"plots/convergence_step{step:07d}"
         assert f"{name}.png" in plots
-        data = _artifact_json(launch, "caps2", f"{name}.json")
+        data = _artifact_json(launch, run, f"{name}.json")
         branches = data["eval"]["branches"]
-        assert len(branches) == 2 and all(len(row) == 2 for row in branches)  # cap 2, two branches
+        assert all(len(row) == 2 for row in branches) and 1 <= len(branches) <= cap  # two branches
         for i, end in enumerate(data["eval"]["end_branches"]):
-            assert branches[-1][i] == end
-            assert _history(launch, "caps2", f"eval/residual_branch{i}")[step] == pytest.approx(end, rel=1e-9)
-        assert _history(launch, "caps2", "eval/residual")[step] == pytest.approx(data["eval"]["joint"][-1], rel=1e-9)
+            assert branches[-1][i] == end  # the figure's curve ends where the logged metric is
+            assert _history(launch, run, f"eval/residual_branch{i}")[step] == pytest.approx(end, rel=1e-9)
+        assert _history(launch, run, "eval/residual")[step] == pytest.approx(data["eval"]["joint"][-1], rel=1e-9)
         train = data["train"]
-        assert train["step"] == step and len(train["b_joint"]) == 2 and len(train["b_branches"][0]) == 2
-        assert data["f_max_iter"] == 2 and data["f_tol"] == 1e-3 and data["stop_mode"] == "rel"
+        assert train["step"] == step and train["b_joint"] and len(train["b_branches"][0]) == 2
+        assert data["f_max_iter"] == cap and data["stop_mode"] == "rel"
+    if run == "caps2":
+        assert len(branches) == 2 and data["f_tol"] == 1e-3
 
 
 @pytest.mark.timeout(1200)
@@ -170,7 +174,7 @@ def test_summary_figure_is_redrawn_at_every_evaluation(launch):
         plots = {a.path for a in launch["client"].list_artifacts(run_id, "plots")}
         assert "plots/run_summary.png" in plots
         summary = _artifact_json(launch, run, "plots/run_summary.json")
-        assert summary == {"drawn_after_step": STEPS, "eval_steps": EVAL_STEPS}
+        assert summary == {"drawn_after_steps": EVAL_STEPS, "eval_steps": EVAL_STEPS}
 
 
 @pytest.mark.timeout(1200)
