@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # no display on cluster nodes
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def residual_label(stop_mode: str) -> str:
@@ -59,6 +60,7 @@ def convergence(data: dict):
                    va="center", transform=right.transAxes)
         right.set_title("training solves", fontsize=9)
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("f evaluation (solver iteration)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
