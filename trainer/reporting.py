@@ -53,8 +53,8 @@ class IntervalMeter:
         for key, value in outcome.solver.items():
             self.solver.setdefault(key, []).append(value)
         self.samples += outcome.samples
-        self.correct += getattr(outcome, "correct", 0.0)
-        self.scored += getattr(outcome, "scored", 0.0)
+        self.correct += outcome.correct
+        self.scored += outcome.scored
         self.data_seconds += outcome.data_seconds
         self.step_seconds.append(outcome.seconds)
         self.lr = lr
