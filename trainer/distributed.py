@@ -36,9 +36,10 @@ class Layout:
 _OWN_GROUP = False  # True when setup_distributed created the process group (teardown destroys it)
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel picks it), for a rendezvous on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -54,7 +55,7 @@ def _ensure_env() -> None:
         return
     os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
 def seed_everything(seed: int) -> None:
@@ -95,13 +96,6 @@ def setup_distributed(seed: int) -> Layout:
     return layout
 
 
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op without a process group); returns ``tensor``."""
     import torch.distributed as dist
@@ -109,12 +103,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank (collective)."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_sum(value).item() > 0)
 
 
 def teardown(engine=None) -> None:
@@ -132,4 +120,30 @@ def teardown(engine=None) -> None:
         dist.barrier()
         if _OWN_GROUP:
             dist.destroy_process_group()
+            forget_deepspeed_groups()
             _OWN_GROUP = False
+
+
+def forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached process groups once the process group they came from is destroyed.
+
+    ``deepspeed.utils.groups`` keeps module-level handles to the groups of the first engine (a clone
+    of the world group among them); the next process group made in this process (an in-process sweep
+    point, the next test module) would otherwise meet the stale handles, and ``deepspeed.initialize``
+    fails with "Group ... is not registered".
+    """
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return  # DeepSpeed never made a group in this process
+    import torch.distributed as dist
+
+    for name, value in list(vars(groups).items()):
+        if not name.startswith("_") or "GROUP" not in name:
+            continue
+        if isinstance(value, dict):
+            value.clear()
+        elif isinstance(value, (dist.ProcessGroup, list, tuple)) or value is None:
+            setattr(groups, name, None)
+    groups.mpu = None

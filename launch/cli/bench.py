@@ -16,7 +16,7 @@ BENCHES["loader"] = "data_pipelines.bench"  # issue 5: shard stream vs ImageFold
 BENCHES["memory"] = "mdeq.bench.memory"  # issue 4: saved-tensor and solver-buffer bytes vs cap
 BENCHES["step"] = "mdeq.bench.step"  # issue 4: training-step time (solve + implicit backward)
 BENCHES["solvers"] = "mdeq.bench.solvers"  # issue 4: f-evaluations to residual tolerances per solver
-BENCHES["loop"] = "trainer.bench_loop"  # issue 6: mdeq train step time vs bench step (loop overhead)
+BENCHES["loop"] = "launch.bench_loop"  # issue 6: mdeq train step time vs bench step (loop overhead)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,8 +3,8 @@
 Each subcommand lives in its own module under ``launch.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
 arguments and returning an exit code. Modules import torch, DeepSpeed etc. inside ``func`` so
-``mdeq --help`` stays fast. ``COMMANDS`` fixes the order shown by ``mdeq --help``; a subcommand's
-module is added only once it works, and a name whose module does not exist is not registered.
+``mdeq --help`` stays fast. ``COMMANDS`` fixes the order shown by ``mdeq --help``; a name whose
+module is missing is an error (a broken install), never a subcommand that silently disappears.
 
 Errors a user can cause (bad config, data, checkpoint, launch arguments) end in exit code 2 and one
 message, never a traceback.
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"launch.cli.{name}")
         except ModuleNotFoundError as err:
             if err.name == f"launch.cli.{name}":
-                continue  # not written yet: not registered
+                raise ImportError(f"mdeq: subcommand {name!r} is listed in launch.cli.main.COMMANDS but "
+                                  f"launch/cli/{name}.py is missing (a broken install or checkout)") from err
             raise
         module.register(sub)
     return parser
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mdeq.host_allocator import tune_host_allocator
+    from launch.host_allocator import tune_host_allocator
 
     tune_host_allocator()  # before any tensor exists: CPU steps otherwise page-fault their temporaries
     try:

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _quickstart(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.quickstart import QuickstartOptions, quickstart
+    from launch.quickstart import QuickstartOptions, quickstart
 
     summary = quickstart(QuickstartOptions(out=Path(args.out), nproc=args.nproc, overrides=tuple(args.overrides)))
     if args.json:

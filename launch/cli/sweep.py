@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainer.sweep import expand_points, load_sweep, run_sweep
+    from launch.sweep import expand_points, load_sweep, run_sweep
 
     if args.list:
         spec, root = load_sweep(args.config)

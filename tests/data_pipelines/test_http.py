@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,13 @@ import pytest
 
 from data_pipelines import build_train_stream, read_shard_set
 from tests.data_pipelines.conftest import CLASSES, TRAIN_PER_CLASS, class_of_key, epoch_keys
+from trainer.distributed import free_port
 
 
 @pytest.fixture
 def http_root(imagenet_shards):
     """``python -m http.server`` serving the shards' parent directory; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(imagenet_shards["train"].parent)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,11 +36,10 @@ def test_deepspeed_launcher_over_ssh_forwards_the_environment(tmp_path):
     empty environment: GLOO_SOCKET_IFNAME (which DeepSpeed does not forward itself) and MLFLOW_* still
     arrive through the .deepspeed_env file; on CPU the slots become processes (--num_accelerators)."""
     import json
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from trainer.distributed import free_port
+
+    port = free_port()
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
     env = {**os.environ, "PATH": f"{SCRIPTS.parent / 'fake_ssh'}:{os.environ['PATH']}", "GLOO_SOCKET_IFNAME": "lo",
            "MLFLOW_TRACKING_URI": "sqlite:////forwarded.db", "DS_ACCELERATOR": "cpu"}

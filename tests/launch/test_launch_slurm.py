@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pytest
 
 from launch.errors import LaunchError
 from launch.slurm import time_limit_seconds
+from trainer.distributed import free_port
 
 HERE = Path(__file__).resolve().parent
 FAKE_SLURM = HERE / "fake_slurm"
 SCRIPTS = HERE / "scripts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def generate(tmp_path: Path, *args: str) -> Path:

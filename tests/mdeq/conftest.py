@@ -26,19 +26,6 @@ def contractive_tiny_mdeq(dtype: torch.dtype = torch.float64, seed: int = 0) -> 
 
 
 @pytest.fixture
-def single_thread():
-    """One torch CPU thread for the test, restored afterwards.
-
-    At these sizes a second OpenMP thread buys nothing, and on a shared, oversubscribed machine
-    it made the tests 10-50x slower (threads wait for each other at every op).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def small_mdeq() -> torch.nn.Module:
     """The contractive tiny MDEQ in float64."""
     return contractive_tiny_mdeq()

@@ -12,15 +12,6 @@ from mdeq.errors import MDEQError
 from mdeq.planner import LiveTensorBytes, PlanRequest, measure_peak_memory, plan_memory, zero_bytes
 
 
-@pytest.fixture
-def one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make small convs 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_zero_bytes_follow_the_zero_paper_partitioning():
     n = 1000
     # fp32 Adam, no partitioning: 4 + 4 + 8 bytes per parameter
@@ -69,7 +60,7 @@ SIZES = [
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("request_", SIZES)
-def test_plan_is_within_15_percent_of_measured_peak_on_cpu(request_, one_thread):
+def test_plan_is_within_15_percent_of_measured_peak_on_cpu(request_, single_thread):
     plan = plan_memory(request_)
     measured = measure_peak_memory(request_, steps=2, device="cpu")
     assert measured.f_evaluations >= 1 and measured.b_evaluations >= 1  # the implicit path ran

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _forget_deepspeed_groups() -> None:
-    """DeepSpeed caches a clone of the world group: one from an earlier module's (destroyed) process
-    group would make ``deepspeed.initialize`` fail with "Group ... is not registered"."""
-    from deepspeed.utils import groups
-
-    groups._WORLD_GROUP = None
+from trainer.distributed import forget_deepspeed_groups, free_port
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +26,11 @@ def one_rank_process_group():
     created = not dist.is_initialized()
     if created:
         dist.init_process_group("gloo", rank=0, world_size=1)
-        _forget_deepspeed_groups()
+        forget_deepspeed_groups()
     yield
     if created and dist.is_initialized():
         dist.destroy_process_group()
-        _forget_deepspeed_groups()
+        forget_deepspeed_groups()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from trainer.distributed import free_port
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
@@ -28,15 +29,9 @@ OPTIMIZERS_ZERO3 = {"sgd-zero3": (3, ["momentum_buffer"], False),
 RUNS = {"zero012": OPTIMIZERS, "zero3": OPTIMIZERS_ZERO3}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(nproc: int, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
     cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", str(HERE), "--worker", *args]
+           f"--master-port={free_port()}", str(HERE), "--worker", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 

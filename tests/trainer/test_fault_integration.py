@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,18 +39,14 @@ import pytest
 import torch
 import yaml
 
+from trainer.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 MAX_STEPS = 12
 EVERY = 3
 
 pytestmark = [pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(run: Path, **extra: str) -> dict[str, str]:
@@ -108,7 +103,7 @@ class Run:
         """``world`` rank processes without a launcher, each in its own session (a process group with
         its loader workers, like one SLURM task), so exit codes are the trainer's own."""
         self.launches += 1
-        port = str(_free_port())
+        port = str(free_port())
         self.procs = []
         for rank in range(world):
             rank_env = _env(self.dir, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

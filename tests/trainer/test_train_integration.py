@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,14 @@ from pathlib import Path
 
 import pytest
 
+from trainer.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 STEPS = 4
 PRETRAIN = 2
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_data(root: Path) -> dict[str, Path]:

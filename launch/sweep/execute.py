@@ -133,29 +133,5 @@ def run_in_process(cfg, *, run_id: str | None) -> Execution:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        _forget_deepspeed_groups()
     return Execution(True, time.perf_counter() - start, sampler.peak)
 
-
-def _forget_deepspeed_groups() -> None:
-    """Drop DeepSpeed's cached process groups after a run tore its process group down.
-
-    ``deepspeed.utils.groups`` keeps module-level handles to the groups of the first engine; the
-    next in-process run makes a new process group, and the stale handles make ``deepspeed.initialize``
-    fail ("Group ... is not registered"). A separate process per point (the default) never needs this.
-    """
-    import sys
-
-    groups = sys.modules.get("deepspeed.utils.groups")
-    if groups is None:
-        return
-    import torch.distributed as dist
-
-    for name, value in list(vars(groups).items()):
-        if not name.startswith("_") or "GROUP" not in name:
-            continue
-        if isinstance(value, dict):
-            value.clear()
-        elif isinstance(value, (dist.ProcessGroup, list, tuple)) or value is None:
-            setattr(groups, name, None)
-    groups.mpu = None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from launch.sweep import expand_points, load_sweep, run_sweep
 from trainer.config import ConfigError
-from trainer.sweep import expand_points, load_sweep, run_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 # Each point trains 2 steps and evaluates one batch: the sweep machinery is under test, not learning.
@@ -17,17 +17,7 @@ TINY = ("train.max_steps=2", "train.log_every=1", "data.eval_max_batches=1")
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscribed threads make tiny convs 10x slower
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def grid_sweep(tmp_path_factory, one_thread):
+def grid_sweep(tmp_path_factory, single_thread):
     """The 2x2 tiny grid, run once in-process with MLflow on SQLite; shared by the tests below."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'mlflow.db'}"

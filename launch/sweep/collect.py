@@ -7,10 +7,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from launch.sweep.execute import Execution, run_in_process, run_subprocess
+from launch.sweep.spec import SweepPoint, SweepSpec
 from trainer import build
 from trainer.config import Config
-from trainer.sweep.execute import Execution, run_in_process, run_subprocess
-from trainer.sweep.spec import SweepPoint, SweepSpec
 
 
 def run_point(cfg: Config, config_path: Path, point_dir: Path, spec: SweepSpec, run_id: str | None,
@@ -101,7 +101,7 @@ def collect_row(point: SweepPoint, cfg: Config, point_dir: Path, spec: SweepSpec
 
 def add_convergence(row: dict[str, Any], cfg: Config, point_dir: Path, spec: SweepSpec) -> None:
     """Per-branch residual traces of the trained point, and iterations to the sweep's threshold."""
-    from trainer.sweep.convergence import branch_residual_traces, iterations_to
+    from launch.sweep.convergence import branch_residual_traces, iterations_to
 
     traces = branch_residual_traces(cfg, cfg.checkpoint.dir)
     row["branch_residuals"] = traces

@@ -14,7 +14,7 @@ import pytest
 # it while it lives (mmap'ed bytes) and what the heap keeps after it is freed (free heap bytes)
 _PROBE = textwrap.dedent("""
     import ctypes, json, torch
-    from mdeq.host_allocator import tune_host_allocator
+    from launch.host_allocator import tune_host_allocator
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (

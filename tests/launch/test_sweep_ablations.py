@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.sweep import run_sweep
+from launch.sweep import run_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 # 1 step of batch 4 per point, solver caps 4, no MLflow, no planner column: the commands under test
@@ -23,14 +23,7 @@ ABLATIONS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.timeout(300)

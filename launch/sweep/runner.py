@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launch.sweep import report
+from launch.sweep.spec import SweepPoint, SweepSpec, expand_points, load_sweep
 from trainer.config import Config, dump_config
-from trainer.sweep import report
-from trainer.sweep.spec import SweepPoint, SweepSpec, expand_points, load_sweep
 
 
 @dataclass
@@ -195,12 +195,12 @@ def run_sweep(sweep_file: str | Path, *, overrides: tuple[str, ...] = (), output
         if child_id:
             child_file.write_text(child_id)
         log(f"  [{point.index + 1}/{len(points)}] {point.label}: running" + (f" (run {child_id})" if child_id else ""))
-        from trainer.sweep.collect import collect_row, run_point
+        from launch.sweep.collect import collect_row, run_point
 
         execution = run_point(cfg, config_path, point_dir, spec, child_id, uri, in_process)
         row = collect_row(point, cfg, point_dir, spec, execution, nproc=spec.nproc)
         if spec.kind == "convergence" and execution.ok:
-            from trainer.sweep.collect import add_convergence
+            from launch.sweep.collect import add_convergence
 
             add_convergence(row, cfg, point_dir, spec)
             curves[point.label] = row.get("branch_residuals", [])
