@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,7 @@ from launch.preflight import (
     check_master_reachable,
     check_nproc,
     check_port_free,
+    machine_capacity,
     read_train_args,
 )
 
@@ -61,11 +68,51 @@ def test_port_in_use(capsys, listening_port):
     assert_one_error(err, f"master port {listening_port} is already in use", "--master-port")
 
 
-def test_port_free_passes_and_time_wait_is_not_in_use():
+TIME_WAIT = "06"  # the state's code in /proc/net/tcp
+
+
+def tcp_states(port: int) -> set[str]:
+    """The kernel's states of the IPv4 TCP sockets on local ``port`` (/proc/net/tcp: "06" is TIME_WAIT)."""
+    states = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            states.add(fields[3])
+    return states
+
+
+def port_left_in_time_wait() -> int:
+    """A port a finished run's rendezvous store leaves behind: its listener (SO_REUSEADDR, as torch's
+    TCPStore sets it) accepted a connection and closed its end first, so that end sits in TIME_WAIT."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+    served.close()  # the store's side closes first: the side that closes first waits in TIME_WAIT
+    assert client.recv(1) == b""  # its FIN arrived
+    client.close()
+    deadline = time.monotonic() + 10
+    while TIME_WAIT not in tcp_states(port) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last ACK crosses loopback; the state is the condition waited for
+    assert TIME_WAIT in tcp_states(port), f"port {port}: states {tcp_states(port)}, no TIME_WAIT"
+    return port
+
+
+def test_port_free_passes():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     check_port_free(port)
+
+
+def test_port_in_time_wait_is_not_in_use():
+    port = port_left_in_time_wait()
+    check_port_free(port)
+    with socket.socket() as plain, pytest.raises(OSError):  # what a bind without SO_REUSEADDR meets
+        plain.bind(("", port))
 
 
 def test_unresolvable_master(capsys):
@@ -154,15 +201,38 @@ def test_nothing_to_run(capsys):
     assert_one_error(err, "nothing to run")
 
 
-def test_machine_capacity_counts_what_torch_sees(monkeypatch):
-    import os
+def gpus_listed_by_the_driver() -> int:
+    """GPUs as the NVIDIA driver lists them (``nvidia-smi -L``), without torch; 0 without the driver."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
 
-    import torch
 
-    from launch.preflight import machine_capacity
+def capacity_in_a_fresh_process(**env: str) -> MachineCapacity:
+    """``machine_capacity()`` in a new process (CUDA reads its visible devices once, at start)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES")}
+    code = ("import json; from launch.preflight import machine_capacity; c = machine_capacity(); "
+            "print(json.dumps([c.gpus, c.cpu_cores]))")
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120, check=True)
+    gpus, cores = json.loads(done.stdout.strip().splitlines()[-1])
+    return MachineCapacity(gpus=gpus, cpu_cores=cores)
 
-    expected = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    capacity = machine_capacity()
-    assert capacity.gpus == expected and capacity.cpu_cores == len(os.sched_getaffinity(0))
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # DeepSpeed told to ignore GPUs: cores count
-    assert machine_capacity().gpus == 0
+
+def test_machine_capacity_counts_the_cores_this_process_may_use():
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        for cores in ({allowed[0]}, set(allowed[:2])):
+            os.sched_setaffinity(0, cores)
+            assert machine_capacity().cpu_cores == len(cores)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_machine_capacity_counts_the_gpus_cuda_may_use():
+    assert capacity_in_a_fresh_process().gpus == gpus_listed_by_the_driver()
+    assert capacity_in_a_fresh_process(CUDA_VISIBLE_DEVICES="").gpus == 0
+    assert capacity_in_a_fresh_process(DS_ACCELERATOR="cpu").gpus == 0  # DeepSpeed told to ignore GPUs
+    if gpus_listed_by_the_driver() > 0:
+        assert capacity_in_a_fresh_process(CUDA_VISIBLE_DEVICES="0").gpus == 1
