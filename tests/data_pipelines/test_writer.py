@@ -52,17 +52,27 @@ def test_writing_another_split_into_the_same_directory_is_refused(imagenet_raw, 
     assert os.path.exists(imagenet_shards["train"] / "index.json")
 
 
-def _slow_sample(item: int) -> tuple[str, dict[str, bytes]]:
-    import time
-
-    time.sleep(0.02)  # slow enough to be killed mid-run
+def _sample(item: int) -> tuple[str, dict[str, bytes]]:
     return f"s{item:04d}", {"cls": str(item % 3).encode(), "txt": b"x" * (item * 37 % 500)}
 
 
-def _write_slowly(out: str) -> None:
+STOP_AT = 35  # the sixth sample of the fourth shard (10 per shard): three shards are complete by then
+
+
+def _sample_or_stop(item: int) -> tuple[str, dict[str, bytes]]:
+    """``_sample``, except that at ``STOP_AT`` it says so on stdout and waits to be killed there."""
+    import sys
+
+    if item == STOP_AT:
+        print("stopped", flush=True)
+        sys.stdin.read()  # the test holds stdin open and kills this process
+    return _sample(item)
+
+
+def _write(out: str, make_sample=_sample) -> None:
     from data_pipelines.shards.writer import write_shards
 
-    write_shards(out, split="train", items=list(range(120)), make_sample=_slow_sample, samples_per_shard=10,
+    write_shards(out, split="train", items=list(range(120)), make_sample=make_sample, samples_per_shard=10,
                  workers=1, dataset="imagenet", progress=False)
 
 
@@ -71,21 +81,27 @@ def test_writer_killed_with_sigkill_resumes_to_the_same_shards(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    code = f"from tests.data_pipelines.test_writer import _write_slowly; _write_slowly({str(tmp_path / 'a')!r})"
-    writer = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd())
-    progress = tmp_path / "a" / ".progress"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(progress.glob("*.json")) if progress.exists() else []) < 3:
-        time.sleep(0.05)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
-    done = sorted(p.name for p in (tmp_path / "a").glob("train-*.tar"))
-    assert 3 <= len(done) < 12 and not (tmp_path / "a" / "index.json").exists()  # killed mid-run
-    _write_slowly(str(tmp_path / "a"))  # the re-run
-    _write_slowly(str(tmp_path / "b"))  # a run that was never interrupted
-    index_a = json.loads((tmp_path / "a" / "index.json").read_text())
+    code = ("from tests.data_pipelines.test_writer import _write, _sample_or_stop; "
+            f"_write({str(tmp_path / 'a')!r}, _sample_or_stop)")
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "stopped\n"  # in the middle of the fourth shard
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        writer.kill()
+        writer.stdin.close()
+        writer.stdout.close()
+        writer.wait()
+    out = tmp_path / "a"
+    assert sorted(p.name for p in out.glob("train-*.tar")) == [f"train-{i:06d}.tar" for i in range(3)]
+    assert len(list(out.glob(".train-000003.tar.partial-*"))) == 1  # killed while writing it
+    assert not (out / "index.json").exists()
+    _write(str(out))  # the re-run
+    _write(str(tmp_path / "b"))  # a run that was never interrupted
+    index_a = json.loads((out / "index.json").read_text())
     index_b = json.loads((tmp_path / "b" / "index.json").read_text())
     assert index_a == index_b and len(index_a["shards"]) == 12
-    assert not list((tmp_path / "a").glob(".*.partial-*"))
+    assert not list(out.glob(".*.partial-*"))

@@ -217,10 +217,38 @@ def test_should_save_every_steps(tmp_path):
     ckpt = checkpointer(ckpt_cfg(tmp_path, every_steps=5))
     assert [s for s in range(1, 16) if ckpt.should_save(s)] == [5, 10, 15]
     assert not checkpointer(ckpt_cfg(tmp_path)).should_save(10)
-    timed = checkpointer(ckpt_cfg(tmp_path, every_minutes=0.001))  # 60 ms
+
+
+class StoppedClock:
+    """Stands in for the ``time`` module of the checkpointer: ``monotonic()`` moves only when told."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+@pytest.mark.timeout(60)
+def test_should_save_every_minutes_counts_from_the_last_save(tmp_path, monkeypatch):
+    from trainer.checkpoint import checkpointer as checkpointer_module
+
+    clock = StoppedClock(now=1000.0)
+    monkeypatch.setattr(checkpointer_module, "time", clock)
+    timed = checkpointer(ckpt_cfg(tmp_path, every_minutes=2.0))
+    clock.now = 1000.0 + 119.9
     assert not timed.should_save(1)
-    time.sleep(0.1)
+    clock.now = 1000.0 + 120.0
     assert timed.should_save(2)
+    engine = make_engine()
+    assert timed.save(engine, 2, {"step": 2})
+    clock.now = 1120.0 + 119.9  # long past two minutes since construction, but the save restarted the count
+    assert not timed.should_save(3)
+    clock.now = 1120.0 + 120.0
+    assert timed.should_save(4)
 
 
 @pytest.mark.timeout(60)
