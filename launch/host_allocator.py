@@ -1,13 +1,13 @@
 """Keep glibc from handing freed tensor memory back to the kernel between solver iterations.
 
-A CPU training step allocates and frees the same few-MB tensors hundreds of times (each f
-evaluation, VJP and Broyden update makes (B, D) temporaries; cifar-small at batch 32: 4 MB states,
-16 MB hidden maps). With glibc's defaults, blocks that size are mmap'ed and unmapped again (or the
-heap top is trimmed), so every new tensor arrives as fresh pages the kernel must fault in and zero:
-~600,000 page faults and ~0.3 CPU-s of system time per step in ``mdeq bench step`` (cifar-small,
-batch 32). Raising the mmap threshold to its maximum and the trim threshold far above the working
-set makes freed blocks stay in the heap for reuse (~700 faults per step); docs/benchmarks.md has the
-A/B. This is what jemalloc/tcmalloc preloading buys PyTorch CPU jobs, without a preload.
+Process-wide tuning, so it belongs to whatever starts the process (the ``mdeq`` command), not to the
+model. A CPU training step allocates and frees the same few-MB tensors hundreds of times (each f
+evaluation, VJP and Broyden update makes (B, D) temporaries). With glibc's defaults, blocks that size
+are mmap'ed and unmapped again (or the heap top is trimmed), so every new tensor arrives as fresh
+pages the kernel must fault in and zero. Raising the mmap threshold to its maximum and the trim
+threshold far above the working set makes freed blocks stay in the heap for reuse; the figures are
+in docs/training.md and docs/benchmarks.md. This is what jemalloc/tcmalloc preloading buys PyTorch
+CPU jobs, without a preload.
 
 Only host (CPU) memory is affected; tensors on a GPU come from torch's own caching allocator.
 ``MDEQ_HOST_ALLOCATOR=default`` leaves glibc's settings alone.
