@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,63 @@ def time_limit_seconds(text: str) -> int:
     if match.group(4) is not None:  # H:M:S
         return a * 3600 + b * 60 + c
     return a * 60 + b  # M or M:S
+
+
+CHECKPOINT_DIR_COMMENT = "# mdeq checkpoint dir: "
+# trainer.fault.exit_codes.PREEMPTED_EXIT_CODE, repeated here: importing the trainer package loads torch,
+# and writing a script should not take seconds (a test keeps the two equal)
+PREEMPTED_EXIT_CODE = 75
+
+# The batch script's signal handling. Bash runs a trap only between commands, hence `srun ... &` and
+# `wait`; a trap ends with `exit` so the interrupted `wait` is not resumed.
+_SCRIPT_FUNCTIONS = """\
+srun_pid=
+wait_for_step() {  # until srun has ended; its status
+  local status=0
+  [ -n "$srun_pid" ] || return 0
+  while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || status=$?; done
+  return "$status"
+}
+
+# SIGNAL_SECONDS s before the time limit SLURM sends USR1 to this script: pass it to every rank
+# (each commits a checkpoint and exits), then requeue; the requeued job resumes from that checkpoint.
+requeue_on_usr1() {
+  echo "mdeq: time limit near: checkpointing, then requeueing job $SLURM_JOB_ID"
+  [ -z "$srun_pid" ] || kill -USR1 "$srun_pid" 2>/dev/null || true
+  wait_for_step || true
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+trap requeue_on_usr1 USR1
+
+# SLURM ends the job (scancel, scontrol requeue, preemption, a node failure): the ranks got TERM
+# too and commit a checkpoint. Wait for srun: SLURM kills what is left seconds after this shell exits.
+finish_on_term() {
+  echo "mdeq: job $SLURM_JOB_ID is being terminated: waiting for the ranks to commit and exit"
+  [ -z "$srun_pid" ] || kill -TERM "$srun_pid" 2>/dev/null || true
+  local status=0
+  wait_for_step || status=$?
+  exit "$status"
+}
+trap finish_on_term TERM
+
+# A node that dies ends the step at once (its peers lose their connections), but SLURM declares it
+# down, and requeues the job by itself, only after SlurmdTimeout and only while the job still runs.
+# So when the step failed and a node of the job does not answer, wait for the controller's verdict.
+wait_if_a_node_died() {
+  if timeout 60 srun --ntasks-per-node=1 --overlap --output=/dev/null true 2>/dev/null; then
+    return 0  # every node answers: the failure was the program's own
+  fi
+  local limit
+  limit=$(scontrol show config | sed -n 's/^SlurmdTimeout *= *\\([0-9]*\\).*/\\1/p')
+  limit=$(( ${limit:-300} * 2 + 30 ))
+  echo "mdeq: the step failed ($1) and a node of job $SLURM_JOB_ID does not answer: waiting up to" \\
+       "$limit s for SLURM to declare it down and requeue the job"
+  local deadline=$(( SECONDS + limit ))
+  while [ "$SECONDS" -lt "$deadline" ]; do sleep 2 & wait $! || true; done
+  echo "mdeq: no node was declared down: giving up with status $1"
+}
+"""
 
 
 @dataclass
@@ -99,17 +155,23 @@ class SlurmJob:
         return [f"srun --ntasks-per-node={self.nproc_per_node} --kill-on-bad-exit=1 {shlex.quote(node_log)} \\",
                 f"  {shlex.join(args)} &"]
 
-    def render(self, header: str = "") -> str:
+    def render(self, header: str = "", checkpoint_dir: str | None = None) -> str:
         """The sbatch script text."""
         lines = ["#!/bin/bash"]
         if header:
             lines.append(f"# {header}")
+        if checkpoint_dir:
+            lines.append(f"{CHECKPOINT_DIR_COMMENT}{checkpoint_dir}")  # read back by --status
         lines += [f"#SBATCH {d}" for d in self.directives()]
         lines.append(f"# (SLURM opens --output before this script runs: {self.log_dir} must exist at submission)")
         lines += ["set -euo pipefail", f"cd {shlex.quote(self.workdir)}", f"mkdir -p {shlex.quote(self.log_dir)}/ranks",
                   ""]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.env.items()]
+        if self.cpus_per_task:
+            lines += ["# since Slurm 22.05 srun no longer takes --cpus-per-task from the allocation",
+                      "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK"]
         lines += [
+            'echo "mdeq: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${SLURM_RESTART_COUNT:-0}"',
             "",
             "# Rendezvous from the SLURM environment: the first node of the allocation hosts the store; the",
             "# port is derived from the job id so jobs sharing a node do not collide (and a requeue keeps it).",
@@ -118,53 +180,89 @@ class SlurmJob:
             'MASTER_PORT=${MDEQ_MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}',
             "export MASTER_ADDR MASTER_PORT",
             "",
-            f"# {self.signal_seconds} s before the time limit SLURM sends USR1 to this script: pass it to every rank",
-            "# (each commits a checkpoint and exits), then requeue; the requeued job resumes from that checkpoint.",
-            "requeue_on_usr1() {",
-            '  echo "mdeq: time limit near: checkpointing, then requeueing job $SLURM_JOB_ID"',
-            '  kill -USR1 "$srun_pid" 2>/dev/null || true',
-            '  wait "$srun_pid" || true',
-            '  scontrol requeue "$SLURM_JOB_ID"',
-            "  exit 0",
-            "}",
-            "trap requeue_on_usr1 USR1",
+            *_SCRIPT_FUNCTIONS.replace("SIGNAL_SECONDS", str(self.signal_seconds)).splitlines(),
             "",
             *self.srun_lines(),
             "srun_pid=$!",
-            'wait "$srun_pid"',
+            "status=0",
+            'wait "$srun_pid" || status=$?',
+            f'if [ "$status" -eq {PREEMPTED_EXIT_CODE} ]; then',
+            '  echo "mdeq: the ranks were preempted and committed a checkpoint: requeueing job $SLURM_JOB_ID"',
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "  exit 0",
+            "fi",
+            '[ "$status" -eq 0 ] || wait_if_a_node_died "$status"',
+            'exit "$status"',
         ]
         return "\n".join(lines) + "\n"
 
 
 def register(forms: argparse._SubParsersAction, add_common) -> None:
     parser = forms.add_parser("slurm", help="write (and with --submit, sbatch) a SLURM batch script")
-    parser.add_argument("--nodes", type=int, required=True)
-    parser.add_argument("--gpus-per-node", type=int, required=True, help="0 for CPU nodes")
-    parser.add_argument("--time", required=True, help="time limit, e.g. 04:00:00 or 1-00:00:00")
+    parser.add_argument("--nodes", type=int, help="nodes (required unless --status)")
+    parser.add_argument("--gpus-per-node", type=int, help="0 for CPU nodes (required unless --status)")
+    parser.add_argument("--time", help="time limit, e.g. 04:00:00 or 1-00:00:00 (required unless --status)")
     parser.add_argument("--partition", default=None)
     parser.add_argument("--account", default=None)
     parser.add_argument("--job-name", default="mdeq")
     parser.add_argument("--nproc-per-node", type=int, default=None,
                         help="processes per node (default: --gpus-per-node, or 1 on CPU nodes)")
-    parser.add_argument("--cpus-per-task", type=int, default=None)
+    parser.add_argument("--cpus-per-task", type=int, default=None,
+                        help="CPUs per srun task (passed to srun too, via SRUN_CPUS_PER_TASK)")
     parser.add_argument("--mode", choices=["torchrun", "srun"], default="torchrun",
                         help="torchrun: one task per node running torchrun; srun: one task per process")
     parser.add_argument("--signal-seconds", type=int, default=180,
                         help="send USR1 (checkpoint + requeue) this long before the time limit")
-    parser.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts inside the job")
+    parser.add_argument("--max-restarts", type=int, default=None,
+                        help="torchrun restarts of the workers inside the job (--mode torchrun; default 0: "
+                             "SLURM's requeue restarts the job)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable)")
     parser.add_argument("--output", "-o", default=None, help="script path (default: <log-dir>/<job-name>.sbatch)")
     parser.add_argument("--submit", action="store_true", help="submit the script with sbatch")
+    parser.add_argument("--status", metavar="JOB", default=None,
+                        help="show a submitted job's state, restarts, logs and last committed step")
     add_common(parser)
     parser.set_defaults(func=run)
 
 
-def job_from_args(args: argparse.Namespace) -> SlurmJob:
-    from launch.cli.launch import launch_env, worker_program
+# Variables of the launching shell that would break a GPU job: they pin DeepSpeed to the CPU or
+# override the GPUs SLURM assigns. Forwarded only when asked for with --env.
+_CPU_ONLY_SETTINGS = {"DS_ACCELERATOR": lambda value: value.strip().lower() == "cpu",
+                      "CUDA_VISIBLE_DEVICES": lambda value: True}
 
+
+def job_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The forwarded variables, minus CPU-only settings of this shell when the job asks for GPUs (said on stderr)."""
+    from launch.cli.launch import launch_env
+    from launch.environment import parse_assignments
+
+    env = launch_env(args)
+    if args.gpus_per_node > 0:
+        explicit = parse_assignments(args.env)
+        for name, is_cpu_only in _CPU_ONLY_SETTINGS.items():
+            if name in env and name not in explicit and is_cpu_only(env[name]):
+                print(f"mdeq launch slurm: not forwarding {name}={env[name]} from this shell into a job with "
+                      f"--gpus-per-node {args.gpus_per_node} (SLURM assigns the GPUs); pass --env "
+                      f"{name}={env[name]} to force it", file=sys.stderr)
+                del env[name]
+    return env
+
+
+def job_from_args(args: argparse.Namespace) -> SlurmJob:
+    from launch.cli.launch import worker_program
+
+    missing = [f"--{name.replace('_', '-')}" for name in ("nodes", "gpus_per_node", "time")
+               if getattr(args, name) is None]
+    if missing:
+        raise LaunchError(f"{', '.join(missing)} required (or --status JOB to look at a submitted job)")
     if args.nodes < 1 or args.gpus_per_node < 0:
         raise LaunchError("--nodes must be >= 1 and --gpus-per-node >= 0")
+    if args.cpus_per_task is not None and args.cpus_per_task < 1:
+        raise LaunchError("--cpus-per-task must be >= 1")
+    if args.mode == "srun" and args.max_restarts:
+        raise LaunchError("--max-restarts needs --mode torchrun (srun restarts no processes); with --mode srun "
+                          "SLURM's requeue restarts the job")
     limit = time_limit_seconds(args.time)
     if args.signal_seconds >= limit:
         raise LaunchError(f"--signal-seconds {args.signal_seconds} must be shorter than the time limit "
@@ -174,18 +272,22 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
     return SlurmJob(nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time,
                     program_args=program.args, nproc_per_node=nproc, partition=args.partition,
                     account=args.account, job_name=args.job_name, cpus_per_task=args.cpus_per_task,
-                    mode=args.mode, signal_seconds=args.signal_seconds, max_restarts=args.max_restarts,
+                    mode=args.mode, signal_seconds=args.signal_seconds, max_restarts=args.max_restarts or 0,
                     log_dir=program.log_dir, script=program.script, workdir=str(Path.cwd()),
-                    env=launch_env(args), extra_sbatch=list(args.sbatch))
+                    env=job_environment(args), extra_sbatch=list(args.sbatch))
 
 
 def run(args: argparse.Namespace) -> int:
     from launch.preflight import load_train_config
+    from launch.slurm_status import print_status, submit
 
+    if args.status is not None:
+        return print_status(args.status)
     job = job_from_args(args)
-    load_train_config(job.program_args)
+    cfg = load_train_config(job.program_args)
+    checkpoint_dir = str(Path(cfg.checkpoint.dir).resolve()) if cfg is not None and cfg.checkpoint.dir else None
     header = "written by: mdeq " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "written by mdeq launch slurm"
-    text = job.render(header)
+    text = job.render(header, checkpoint_dir)
     if args.dry_run:
         print(text, end="")
         return 0
@@ -197,11 +299,4 @@ def run(args: argparse.Namespace) -> int:
     if not args.submit:
         print(f"wrote {path}; submit it with: sbatch {path}")
         return 0
-    try:
-        done = subprocess.run(["sbatch", str(path)], capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:
-        raise LaunchError(f"sbatch not found: run this on a SLURM login node, or submit {path} there") from None
-    if done.returncode != 0:
-        raise LaunchError(f"sbatch refused {path}: {done.stderr.strip() or done.stdout.strip()}")
-    print(done.stdout.strip())
-    return 0
+    return submit(path, job)

@@ -45,7 +45,9 @@ class RankLogTee:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        header = f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} attempt {attempt} ===\n"
+        # a requeued SLURM job is another attempt too: say which one
+        slurm = f" SLURM_RESTART_COUNT={os.environ['SLURM_RESTART_COUNT']}" if "SLURM_RESTART_COUNT" in os.environ else ""
+        header = f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} attempt {attempt}{slurm} ===\n"
         self.file.write(header.encode())
         sys.stdout.flush()
         sys.stderr.flush()

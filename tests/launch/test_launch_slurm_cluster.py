@@ -1,0 +1,392 @@
+"""`mdeq launch slurm --submit` on a real two-node Slurm cluster (``launch.dev.slurm_cluster``).
+
+One cluster for the module: munged, slurmctld on a bridge, two slurmd nodes (2 CPUs each) in their
+own network namespaces. The jobs are what a user would submit (``--nodes 2``, one torchrun node per
+Slurm node, the rendezvous from the allocation, shared checkpoint and MLflow paths on this machine's
+disk). Each training job's final weights are compared bitwise with one uninterrupted
+``mdeq launch local --nproc 2`` run of the same config (same process count and rank order, CPU).
+
+- layout: both ``--mode torchrun`` and ``--mode srun`` give every rank its rank, node and master;
+  ``--cpus-per-task`` reaches srun (the task is bound to that many cores);
+- a ZeRO-2 bf16 job runs to completion;
+- time limit: once training runs, the job's limit is cut so that ``--signal=B:USR1@N`` falls due;
+  the ranks are paused until Slurm (which checks limits every 30 s) sends it, then every rank
+  commits, the script requeues, the job resumes and completes in the same MLflow run;
+- ``scontrol requeue`` mid-run: the same;
+- every process of node 2 SIGKILLed mid-run: Slurm declares the node down and requeues the job by
+  itself; it completes once the test restarts node 2's slurmd.
+
+A requeued job waits ~2 minutes on ``BeginTime``; the tests release it with
+``scontrol update jobid=J starttime=now``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.dev.slurm_cluster import SlurmCluster, namespace_pids, unavailable_reason
+from launch.dev.slurm_layout import new_layout
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+PYTHON = sys.executable
+MAX_STEPS = 10
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("MDEQ_REQUIRE_ALL_TESTS") == "1":
+            pytest.fail(f"Slurm cluster tests cannot run: {reason} (MDEQ_REQUIRE_ALL_TESTS=1)")
+        pytest.skip(reason)
+    started = time.monotonic()
+    cluster = SlurmCluster(new_layout(tmp_path_factory.mktemp("slurm")))
+    try:
+        cluster.up()
+        print(f"cluster up in {time.monotonic() - started:.1f} s")
+        yield cluster
+    finally:
+        cluster.down()
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    assert cluster.layout.tag not in listing, f"namespaces left behind: {listing}"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Synthetic ImageNet (4 classes, 16x16) as shards, shared by every run."""
+    import data_pipelines as data
+
+    root = tmp_path_factory.mktemp("data")
+    data.synth_imagenet(root / "raw", classes=4, train_per_class=8, val_per_class=2, size=16, seed=0)
+    for split in ("train", "val"):
+        data.write_imagenet_shards(root / "raw", root / split, split=split, samples_per_shard=4, progress=False)
+    return root
+
+
+def write_config(run: Path, shards: Path) -> Path:
+    """The tiny MDEQ, ZeRO-2 bf16, a commit every 2 steps; checkpoints and MLflow under ``run``."""
+    run.mkdir(parents=True, exist_ok=True)
+    config = run / "tiny.yaml"
+    config.write_text(f"""
+model: {{name: tiny, num_classes: 4}}
+data: {{dataset: imagenet, train_shards: {shards}/train, val_shards: {shards}/val, image_size: 16,
+        eval_resize: 16, batch_size: 4, workers: 0, shuffle_buffer: 8}}
+train: {{max_steps: {MAX_STEPS}, eval_every: 0, log_every: 1, seed: 0, output_dir: {run}/out}}
+optim: {{name: adam, lr: 0.002, weight_decay: 0.0, schedule: constant}}
+deepspeed: {{zero_stage: 2, precision: bf16}}
+deq: {{f_max_iter: 3, b_max_iter: 3, pretrain_steps: 2}}
+checkpoint: {{dir: {run}/checkpoints, every_steps: 2, keep_last: 2, grace_seconds: 20}}
+tracking: {{uri: "sqlite:///{run}/mlflow.db", experiment: slurm, system_metrics: false}}
+""")
+    return config
+
+
+def final_weights(run: Path) -> dict:
+    import torch
+
+    return torch.load(run / "checkpoints" / f"step_{MAX_STEPS:09d}" / "model.pt", weights_only=True)["state_dict"]
+
+
+def committed_steps(run: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("_")[1]) for p in (run / "checkpoints").glob("step_*/COMMITTED.json"))
+
+
+# Both "nodes" run on this machine's cores: one thread per rank, no GPU, as in the reference run.
+RANK_ENV = ["--env", "OMP_NUM_THREADS=1", "--env", "CUDA_VISIBLE_DEVICES="]
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory) -> dict:
+    """Final weights of the uninterrupted run: ``mdeq launch local --nproc 2``."""
+    run = tmp_path_factory.mktemp("reference")
+    config = write_config(run, shards)
+    started = time.monotonic()
+    done = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "local", "--nproc", "2", "--max-restarts", "0",
+                           "--log-dir", str(run / "logs"), *RANK_ENV, "--", "train", "--config", str(config)],
+                          cwd=run, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"reference run: {time.monotonic() - started:.1f} s")
+    return final_weights(run)
+
+
+def assert_same_weights(got: dict, expected: dict) -> None:
+    import torch
+
+    assert got.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(got[name], expected[name])]
+    assert not different, f"weights differ from the uninterrupted run: {different[:5]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving jobs
+
+
+def submit(cluster: SlurmCluster, run: Path, *options: str, tail: list[str]) -> str:
+    """``mdeq launch slurm ... --submit`` in ``run``; the job id it printed."""
+    done = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "slurm", "--nodes", "2", "--gpus-per-node", "0",
+                           "--log-dir", str(run / "logs"), *RANK_ENV, *options, "--submit", "--", *tail],
+                          cwd=run, capture_output=True, text=True, timeout=120, env={**os.environ, **cluster.env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = re.search(r"^Submitted batch job (\d+)$", done.stdout, re.M)
+    assert match, done.stdout
+    job = match.group(1)
+    # the printed guide names the real log files of this job
+    assert f"squeue -j {job}" in done.stdout and str(run / "logs" / f"mdeq-{job}.out") in done.stdout
+    return job
+
+
+def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
+    done = cluster.command("scontrol", "show", "job", "-o", job)
+    assert done.returncode == 0, done.stderr
+    return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
+
+
+def drive(cluster: SlurmCluster, job: str, run: Path, timeout: float, until: str = "COMPLETED") -> dict[str, str]:
+    """Wait until the job reaches state ``until``, releasing it whenever a requeue parks it on BeginTime."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = job_fields(cluster, job)
+        state = fields["JobState"]
+        if state == until:
+            return fields
+        if state in {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "COMPLETED"}:
+            pytest.fail(f"job {job} ended {state} ({fields.get('Reason')}):\n{job_logs(run, job)}")
+        if state == "PENDING" and fields.get("Reason") == "BeginTime":
+            cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job} still {state} ({fields.get('Reason')}) after {timeout} s:\n{job_logs(run, job)}")
+        time.sleep(0.2)
+
+
+def job_logs(run: Path, job: str) -> str:
+    parts = []
+    for path in sorted((run / "logs").glob(f"mdeq-{job}*")) + sorted((run / "logs" / "ranks").glob("rank-*.log")):
+        parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-2500:]}")
+    return "\n".join(parts)
+
+
+def wait_for_commit(run: Path, cluster: SlurmCluster, job: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while not committed_steps(run):
+        if time.monotonic() > deadline or job_fields(cluster, job)["JobState"] not in {"PENDING", "RUNNING"}:
+            pytest.fail(f"no checkpoint committed by job {job}:\n{job_logs(run, job)}")
+        time.sleep(0.05)
+    return committed_steps(run)[-1]
+
+
+def rank_pids(cluster: SlurmCluster) -> list[int]:
+    """The training processes (``launch.worker``) on every node."""
+    pids = []
+    for node in cluster.layout.nodes:
+        for pid in namespace_pids(node.namespace):
+            try:
+                if b"launch.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except OSError:
+                pass
+    return pids
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def finished_in_one_mlflow_run(run: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("slurm").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [(r.info.run_id, r.info.status) for r in runs]
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")})
+    assert steps == list(range(1, MAX_STEPS + 1)), steps
+
+
+def resumed_from(run: Path) -> tuple[int, str]:
+    """(the step the last attempt of rank 0 started at, that attempt's header)."""
+    attempts = (run / "logs" / "ranks" / "rank-0.log").read_text().split("=== ")
+    match = re.search(rf"steps (\d+)→{MAX_STEPS}", attempts[-1])
+    assert match, attempts[-1][-3000:]
+    return int(match.group(1)), attempts[-1].splitlines()[0]
+
+
+TRAIN = ["--cpus-per-task", "2"]
+
+
+def train_tail(run: Path, shards: Path) -> list[str]:
+    return ["train", "--config", str(write_config(run, shards))]
+
+
+def pending_signal(pid: int, signum: int) -> bool:
+    """True when ``signum`` waits for the (stopped) process ``pid`` to run again."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # gone: nothing left to wait for
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & (1 << (signum - 1)))
+
+
+def pause_until_signalled(pids: list[int], signum: int, trigger, timeout: float, what: str) -> None:
+    """Stop the ranks (SIGSTOP), run ``trigger``, and let them continue once each has ``signum`` pending:
+    a 10-step job stays mid-run for as long as Slurm takes to act, whatever the machine's speed."""
+    assert pids, "no rank processes found"
+    signal_all(pids, signal.SIGSTOP)
+    try:
+        trigger()
+        deadline = time.monotonic() + timeout
+        while not all(pending_signal(pid, signum) for pid in pids):
+            assert time.monotonic() < deadline, f"{what}: not every rank received {signal.Signals(signum).name}"
+            time.sleep(0.1)
+    finally:
+        signal_all(pids, signal.SIGCONT)
+
+
+def run_seconds(text: str) -> int:
+    """scontrol's RunTime (``[D-]HH:MM:SS``) in seconds."""
+    days, _, clock = text.rpartition("-")
+    hours, minutes, seconds = (int(x) for x in clock.split(":"))
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def check_resumed_run(run: Path, job: str, fields: dict[str, str], reference: dict) -> int:
+    """The requeued job resumed from a commit made mid-run, in the same MLflow run, with the reference's
+    weights; returns the step it resumed from."""
+    assert int(fields["Restarts"]) >= 1, fields
+    start, header = resumed_from(run)
+    assert 0 < start < MAX_STEPS, f"resumed from step {start}"
+    for rank in (0, 1):
+        assert "SLURM_RESTART_COUNT=1" in (run / "logs" / "ranks" / f"rank-{rank}.log").read_text()
+    assert_same_weights(final_weights(run), reference)
+    finished_in_one_mlflow_run(run)
+    return start
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["torchrun", "srun"])
+def test_every_rank_gets_its_layout_and_cpus_on_two_slurm_nodes(cluster, tmp_path, mode):
+    # torchrun: one 2-CPU task per node running 2 workers; srun: two 1-CPU tasks per node
+    cpus = 2 if mode == "torchrun" else 1
+    job = submit(cluster, tmp_path, "--mode", mode, "--nproc-per-node", "2", "--cpus-per-task", str(cpus),
+                 "--time", "5", "--script", str(SCRIPTS / "slurm_layout.py"), tail=[])
+    fields = drive(cluster, job, tmp_path, timeout=240)
+    assert fields["NodeList"] == "mdeq-n[1-2]"
+    lines = [line for log in sorted((tmp_path / "logs" / "ranks").glob("rank-*.log"))
+             for line in log.read_text().splitlines() if line.startswith("ENV ")]
+    envs = sorted((json.loads(line[4:]) for line in lines), key=lambda e: int(e["RANK"]))
+    assert [e["RANK"] for e in envs] == ["0", "1", "2", "3"], job_logs(tmp_path, job)
+    for rank, env in enumerate(envs):
+        node = f"mdeq-n{rank // 2 + 1}"
+        assert env["hostname"] == env["SLURMD_NODENAME"] == node, env
+        assert env["WORLD_SIZE"] == "4" and env["LOCAL_RANK"] == str(rank % 2) and env["LOCAL_WORLD_SIZE"] == "2"
+        assert env["GROUP_RANK"] == env["SLURM_NODEID"] == str(rank // 2)
+        assert env["MASTER_ADDR"] == "mdeq-n1" and env["PYTHONUNBUFFERED"] == "1"
+        assert env["cpus"] == cpus, f"rank {rank} is bound to {env['cpus']} cores, --cpus-per-task {cpus}"
+    assert len({e["MASTER_PORT"] for e in envs}) == 1
+    assert sorted(p.name for p in (tmp_path / "logs").glob(f"mdeq-{job}-node*.log")) == \
+        [f"mdeq-{job}-node0.log", f"mdeq-{job}-node1.log"]
+
+
+@pytest.mark.timeout(480)
+def test_two_node_zero2_job_runs_to_completion(cluster, shards, reference, tmp_path):
+    started = time.monotonic()
+    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
+    fields = drive(cluster, job, tmp_path, timeout=300)
+    print(f"2-node job: {time.monotonic() - started:.1f} s")
+    assert fields["Restarts"] == "0" and fields["NodeList"] == "mdeq-n[1-2]"
+    assert_same_weights(final_weights(tmp_path), reference)
+    finished_in_one_mlflow_run(tmp_path)
+    status = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "slurm", "--status", job],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **cluster.env})
+    assert status.returncode == 0, status.stderr
+    assert f"job {job} (mdeq): COMPLETED" in status.stdout and "restarts: 0" in status.stdout
+    assert f"last committed step: {MAX_STEPS} ({tmp_path / 'checkpoints'})" in status.stdout
+
+
+@pytest.mark.timeout(480)
+def test_time_limit_warning_commits_requeues_and_resumes(cluster, shards, reference, tmp_path):
+    started = time.monotonic()
+    job = submit(cluster, tmp_path, *TRAIN, "--time", "5", "--signal-seconds", "60", tail=train_tail(tmp_path, shards))
+    wait_for_commit(tmp_path, cluster, job, timeout=240)
+
+    def cut_time_limit() -> None:
+        # the limit becomes the next whole minute after now: the USR1@60 warning is due at once
+        elapsed = run_seconds(job_fields(cluster, job)["RunTime"])
+        done = cluster.command("scontrol", "update", f"jobid={job}", f"timelimit={elapsed // 60 + 1}")
+        assert done.returncode == 0, done.stderr
+
+    pause_until_signalled(rank_pids(cluster), signal.SIGUSR1, cut_time_limit, timeout=90,
+                          what="time-limit warning")
+    # the requeued job gets its submitted limit back, or the warning would be due again at once
+    wait_requeued(cluster, job, tmp_path)
+    cluster.command("scontrol", "update", f"jobid={job}", "timelimit=5")
+    fields = drive(cluster, job, tmp_path, timeout=300)
+    print(f"time-limit job: {time.monotonic() - started:.1f} s")
+    batch = (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
+    assert "mdeq: time limit near: checkpointing, then requeueing" in batch
+    assert re.search(r"preempted: checkpoint committed at step \d+", (tmp_path / "logs/ranks/rank-0.log").read_text())
+    check_resumed_run(tmp_path, job, fields, reference)
+
+
+def wait_requeued(cluster: SlurmCluster, job: str, run: Path, timeout: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = job_fields(cluster, job)
+        if fields["JobState"] == "PENDING" and int(fields["Restarts"]) >= 1:
+            return fields
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job} not requeued ({fields['JobState']}, {fields.get('Reason')}):\n{job_logs(run, job)}")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(480)
+def test_scontrol_requeue_mid_run_commits_and_resumes(cluster, shards, reference, tmp_path):
+    started = time.monotonic()
+    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
+    wait_for_commit(tmp_path, cluster, job, timeout=240)
+    pause_until_signalled(rank_pids(cluster), signal.SIGTERM,
+                          lambda: cluster.command("scontrol", "requeue", job), timeout=60, what="scontrol requeue")
+    fields = drive(cluster, job, tmp_path, timeout=300)
+    print(f"requeued job: {time.monotonic() - started:.1f} s")
+    assert re.search(r"preempted: checkpoint committed at step \d+", (tmp_path / "logs/ranks/rank-0.log").read_text())
+    assert "is being terminated: waiting for the ranks" in (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
+    check_resumed_run(tmp_path, job, fields, reference)
+
+
+@pytest.mark.timeout(480)
+def test_node_killed_mid_run_slurm_requeues_and_job_completes_when_it_returns(cluster, shards, reference, tmp_path):
+    started = time.monotonic()
+    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
+    wait_for_commit(tmp_path, cluster, job, timeout=240)
+    assert cluster.kill_node("mdeq-n2"), "nothing ran on node 2"
+    killed = time.monotonic()
+    wait_requeued(cluster, job, tmp_path, timeout=120)
+    requeued_after = time.monotonic() - killed
+    assert cluster.node_states()["mdeq-n2"].startswith("down"), cluster.node_states()
+    batch = (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
+    assert "requeueing job" not in batch, "the script requeued the job, not Slurm"
+    cluster.start_slurmd("mdeq-n2")
+    fields = drive(cluster, job, tmp_path, timeout=300)
+    print(f"node-failure job: {time.monotonic() - started:.1f} s (requeued {requeued_after:.1f} s after the kill)")
+    check_resumed_run(tmp_path, job, fields, reference)
