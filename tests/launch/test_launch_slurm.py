@@ -1,51 +1,32 @@
-"""The sbatch script: valid bash, and under a fake srun/scontrol laid out as SLURM does for 2 nodes, every
-process gets the right rank, world size and master; USR1 before the time limit reaches every rank and
-requeues the job."""
+"""The sbatch script ``mdeq launch slurm`` writes, and its argument checks, without a cluster.
+
+What the script does on a real cluster (layout, --cpus-per-task, time-limit warning, requeue, node
+failure) is tested against real Slurm daemons in ``test_launch_slurm_cluster.py``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from launch.errors import LaunchError
-from launch.slurm import time_limit_seconds
-from trainer.distributed import free_port
-
-HERE = Path(__file__).resolve().parent
-FAKE_SLURM = HERE / "fake_slurm"
-SCRIPTS = HERE / "scripts"
+from launch.slurm import PREEMPTED_EXIT_CODE, time_limit_seconds
+from launch.slurm_status import status_lines
 
 
-def generate(tmp_path: Path, *args: str) -> Path:
-    """`mdeq launch slurm ... --dry-run` run in tmp_path; the printed script saved as job.sbatch."""
-    done = subprocess.run([sys.executable, "-m", "launch.cli.main", "launch", "slurm", "--dry-run", *args],
+def launch_slurm(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`mdeq launch slurm ...` run in tmp_path (with a minimal config x.yaml there)."""
+    (tmp_path / "x.yaml").write_text("train: {max_steps: 5}\n")
+    return subprocess.run([sys.executable, "-m", "launch.cli.main", "launch", "slurm", *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MDEQ_TEST_MARKER": "forwarded"})
-    assert done.returncode == 0, done.stderr
-    path = tmp_path / "job.sbatch"
-    path.write_text(done.stdout)
-    return path
+                          env={**os.environ, "MDEQ_TEST_MARKER": "forwarded", **(env or {})})
 
 
-def slurm_env(job_id: str, tmp_path: Path) -> dict[str, str]:
-    """What sbatch puts in the batch script's environment for a 2-node allocation (nodes on loopback)."""
-    return {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_ID": job_id,
-            "SLURM_JOB_NAME": "mdeq", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2",
-            "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.2", "MDEQ_MASTER_PORT": str(free_port()),
-            "FAKE_SLURM_RECORD": str(tmp_path / "record.txt"),
-            "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes per fake node, also on a machine with one GPU
-
-
-def rank_envs(log_dir: Path) -> list[dict]:
-    lines = [line for log in sorted(log_dir.glob("rank-*.log")) for line in log.read_text().splitlines()]
-    return sorted((json.loads(line[4:]) for line in lines if line.startswith("ENV ")), key=lambda e: int(e["RANK"]))
+GPU_JOB = ["--nodes", "2", "--gpus-per-node", "4", "--time", "04:00:00", "--dry-run"]
 
 
 def test_time_limits_parse_as_slurm_does():
@@ -58,57 +39,76 @@ def test_time_limits_parse_as_slurm_does():
         time_limit_seconds("4h")
 
 
-def test_script_has_requeue_signal_and_passes_bash_n(tmp_path):
-    (tmp_path / "x.yaml").write_text("train: {max_steps: 5}\n")
-    path = generate(tmp_path, "--nodes", "2", "--gpus-per-node", "4", "--time", "04:00:00", "--partition", "gpu",
-                    "--", "train", "--config", "x.yaml")
-    text = path.read_text()
+def test_script_has_requeue_signal_checkpoint_dir_and_passes_bash_n(tmp_path):
+    done = launch_slurm(tmp_path, *GPU_JOB, "--partition", "gpu", "--", "train", "--config", "x.yaml")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
     for directive in ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4", "--time=04:00:00",
                       "--partition=gpu", "--requeue", "--signal=B:USR1@180"]:
         assert f"#SBATCH {directive}" in text
     assert "--nproc-per-node 4" in text and "train --config x.yaml" in text
     assert "export MDEQ_TEST_MARKER=forwarded" in text
-    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert f"# mdeq checkpoint dir: {tmp_path / 'runs' / 'checkpoints'}" in text  # read by --status
+    assert "SRUN_CPUS_PER_TASK" not in text  # nothing to pass on without --cpus-per-task
+    (tmp_path / "job.sbatch").write_text(text)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], capture_output=True).returncode == 0
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("mode", ["torchrun", "srun"])
-def test_fake_srun_two_nodes_two_tasks_gives_every_rank_its_layout(tmp_path, mode):
-    path = generate(tmp_path, "--mode", mode, "--nodes", "2", "--gpus-per-node", "2", "--time", "10",
-                    "--script", str(SCRIPTS / "print_env.py"))
-    done = subprocess.run(["bash", str(path)], env=slurm_env("4242", tmp_path), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=100)
-    assert done.returncode == 0, done.stdout + done.stderr
-    envs = rank_envs(tmp_path / "runs/logs/ranks")
-    assert [e["RANK"] for e in envs] == ["0", "1", "2", "3"]
-    for rank, env in enumerate(envs):
-        assert env["WORLD_SIZE"] == "4"
-        assert env["LOCAL_RANK"] == str(rank % 2) and env["LOCAL_WORLD_SIZE"] == "2"
-        assert env["GROUP_RANK"] == str(rank // 2) and env["SLURM_NODEID"] == str(rank // 2)
-        assert env["MASTER_ADDR"] == "127.0.0.1"
-        assert env["PYTHONUNBUFFERED"] == "1"
-    assert len({e["MASTER_PORT"] for e in envs}) == 1
-    # per-node logs written by srun's --output pattern
-    assert sorted(p.name for p in (tmp_path / "runs/logs").glob("mdeq-4242-node*.log")) == \
-        ["mdeq-4242-node0.log", "mdeq-4242-node1.log"]
+def test_cpus_per_task_is_passed_on_to_srun(tmp_path):
+    done = launch_slurm(tmp_path, *GPU_JOB, "--cpus-per-task", "8", "--", "train", "--config", "x.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --cpus-per-task=8" in done.stdout
+    assert "\nexport SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK\n" in done.stdout
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-def test_usr1_before_time_limit_reaches_every_rank_then_requeues(tmp_path):
-    path = generate(tmp_path, "--mode", "srun", "--nodes", "2", "--gpus-per-node", "2", "--time", "10",
-                    "--script", str(SCRIPTS / "wait_for_usr1.py"))
-    job = subprocess.Popen(["bash", str(path)], env=slurm_env("4244", tmp_path), cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    logs = tmp_path / "runs/logs/ranks"
-    deadline = time.time() + 30
-    while sum("READY" in p.read_text() for p in logs.glob("rank-*.log")) < 4:
-        assert time.time() < deadline and job.poll() is None, "ranks did not start"
-        time.sleep(0.2)
-    job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@N does
-    out, _ = job.communicate(timeout=30)
-    assert job.returncode == 0, out
-    for rank in range(4):
-        assert f"USR1 rank {rank}: checkpoint committed" in (logs / f"rank-{rank}.log").read_text()
-    assert (tmp_path / "record.txt").read_text() == "requeue 4244\n"
+def test_cpu_only_settings_of_this_shell_stay_out_of_a_gpu_job_and_are_named(tmp_path):
+    shell = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    done = launch_slurm(tmp_path, *GPU_JOB, "--", "train", "--config", "x.yaml", env=shell)
+    assert done.returncode == 0, done.stderr
+    assert "DS_ACCELERATOR" not in done.stdout and "CUDA_VISIBLE_DEVICES" not in done.stdout
+    assert "not forwarding DS_ACCELERATOR=cpu from this shell into a job with --gpus-per-node 4" in done.stderr
+    assert "pass --env DS_ACCELERATOR=cpu to force it" in done.stderr
+    assert "not forwarding CUDA_VISIBLE_DEVICES= from this shell" in done.stderr
+    # asked for explicitly: kept, and nothing to say
+    done = launch_slurm(tmp_path, *GPU_JOB, "--env", "DS_ACCELERATOR=cpu", "--", "train", "--config", "x.yaml",
+                        env={"DS_ACCELERATOR": "cpu"})
+    assert done.returncode == 0 and "export DS_ACCELERATOR=cpu" in done.stdout and done.stderr == ""
+    # a CPU job keeps the shell's CPU setting
+    done = launch_slurm(tmp_path, "--nodes", "2", "--gpus-per-node", "0", "--time", "10", "--dry-run", "--",
+                        "train", "--config", "x.yaml", env={"DS_ACCELERATOR": "cpu"})
+    assert done.returncode == 0 and "export DS_ACCELERATOR=cpu" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "srun", "--max-restarts", "2", *GPU_JOB], "--max-restarts needs --mode torchrun"),
+    (["--gpus-per-node", "4", "--time", "10", "--dry-run"], "--nodes required"),
+    (["--nodes", "2", "--gpus-per-node", "0", "--time", "10", "--signal-seconds", "600", "--dry-run"],
+     "--signal-seconds 600 must be shorter than the time limit (600 s)"),
+    (["--status", "12x"], "--status expects a job id"),
+])
+def test_bad_arguments_exit_2_with_one_message(tmp_path, args, message):
+    done = launch_slurm(tmp_path, *args, "--", "train", "--config", "x.yaml")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_status_shows_state_restarts_and_last_committed_step(tmp_path):
+    script = tmp_path / "job.sbatch"
+    checkpoints = tmp_path / "ckpt"
+    script.write_text(f"#!/bin/bash\n# mdeq checkpoint dir: {checkpoints}\n")
+    for step, committed in ((2, True), (4, True), (6, False)):  # step 6: a save that never finished
+        (checkpoints / f"step_{step:09d}").mkdir(parents=True)
+        if committed:
+            (checkpoints / f"step_{step:09d}" / "COMMITTED.json").write_text("{}")
+    fields = {"JobId": "7", "JobName": "mdeq", "JobState": "PENDING", "Reason": "BeginTime", "Restarts": "1",
+              "RunTime": "00:00:00", "TimeLimit": "00:05:00", "Command": str(script), "StdOut": "/x/mdeq-7.out"}
+    text = "\n".join(status_lines(fields))
+    assert text.startswith("job 7 (mdeq): PENDING (BeginTime)")
+    assert "restarts: 1" in text and f"last committed step: 4 ({checkpoints})" in text
+    assert "batch log: /x/mdeq-7.out" in text
+
+
+def test_preempted_exit_code_is_the_trainers():
+    from trainer.fault.exit_codes import PREEMPTED_EXIT_CODE as trainer_code
+
+    assert PREEMPTED_EXIT_CODE == trainer_code
