@@ -76,23 +76,6 @@ finish_on_term() {
   exit "$status"
 }
 trap finish_on_term TERM
-
-# A node that dies ends the step at once (its peers lose their connections), but SLURM declares it
-# down, and requeues the job by itself, only after SlurmdTimeout and only while the job still runs.
-# So when the step failed and a node of the job does not answer, wait for the controller's verdict.
-wait_if_a_node_died() {
-  if timeout 60 srun --ntasks-per-node=1 --overlap --output=/dev/null true 2>/dev/null; then
-    return 0  # every node answers: the failure was the program's own
-  fi
-  local limit
-  limit=$(scontrol show config | sed -n 's/^SlurmdTimeout *= *\\([0-9]*\\).*/\\1/p')
-  limit=$(( ${limit:-300} * 2 + 30 ))
-  echo "mdeq: the step failed ($1) and a node of job $SLURM_JOB_ID does not answer: waiting up to" \\
-       "$limit s for SLURM to declare it down and requeue the job"
-  local deadline=$(( SECONDS + limit ))
-  while [ "$SECONDS" -lt "$deadline" ]; do sleep 2 & wait $! || true; done
-  echo "mdeq: no node was declared down: giving up with status $1"
-}
 """
 
 
@@ -191,7 +174,6 @@ class SlurmJob:
             '  scontrol requeue "$SLURM_JOB_ID"',
             "  exit 0",
             "fi",
-            '[ "$status" -eq 0 ] || wait_if_a_node_died "$status"',
             'exit "$status"',
         ]
         return "\n".join(lines) + "\n"

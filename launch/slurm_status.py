@@ -79,7 +79,8 @@ def status_lines(fields: dict[str, str]) -> list[str]:
              f"  run time: {fields.get('RunTime')} of {fields.get('TimeLimit')}"]
     checkpoints = checkpoint_dir_of(fields.get("Command", ""))
     if checkpoints is None:
-        lines.append("  last committed step: unknown (not a script written by mdeq launch slurm)")
+        lines.append("  last committed step: unknown (the job's script names no checkpoint folder: not a "
+                     "training job written by mdeq launch slurm)")
     else:
         step = last_committed_step(checkpoints)
         lines.append(f"  last committed step: {step if step is not None else 'none yet'} ({checkpoints})")

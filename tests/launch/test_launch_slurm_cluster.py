@@ -308,7 +308,7 @@ def test_every_rank_gets_its_layout_and_cpus_on_two_slurm_nodes(cluster, tmp_pat
         [f"mdeq-{job}-node0.log", f"mdeq-{job}-node1.log"]
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_two_node_zero2_job_runs_to_completion(cluster, shards, reference, tmp_path):
     started = time.monotonic()
     job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
@@ -324,7 +324,7 @@ def test_two_node_zero2_job_runs_to_completion(cluster, shards, reference, tmp_p
     assert f"last committed step: {MAX_STEPS} ({tmp_path / 'checkpoints'})" in status.stdout
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_time_limit_warning_commits_requeues_and_resumes(cluster, shards, reference, tmp_path):
     started = time.monotonic()
     job = submit(cluster, tmp_path, *TRAIN, "--time", "5", "--signal-seconds", "60", tail=train_tail(tmp_path, shards))
@@ -360,7 +360,7 @@ def wait_requeued(cluster: SlurmCluster, job: str, run: Path, timeout: float = 1
         time.sleep(0.2)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_scontrol_requeue_mid_run_commits_and_resumes(cluster, shards, reference, tmp_path):
     started = time.monotonic()
     job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
@@ -374,7 +374,7 @@ def test_scontrol_requeue_mid_run_commits_and_resumes(cluster, shards, reference
     check_resumed_run(tmp_path, job, fields, reference)
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(900)
 def test_node_killed_mid_run_slurm_requeues_and_job_completes_when_it_returns(cluster, shards, reference, tmp_path):
     started = time.monotonic()
     job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
