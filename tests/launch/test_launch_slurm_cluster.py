@@ -320,6 +320,7 @@ def test_two_node_zero2_job_runs_to_completion(cluster, shards, reference, tmp_p
     status = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "slurm", "--status", job],
                             capture_output=True, text=True, timeout=60, env={**os.environ, **cluster.env})
     assert status.returncode == 0, status.stderr
+    print(status.stdout)
     assert f"job {job} (mdeq): COMPLETED" in status.stdout and "restarts: 0" in status.stdout
     assert f"last committed step: {MAX_STEPS} ({tmp_path / 'checkpoints'})" in status.stdout
 
