@@ -391,9 +391,7 @@ def test_node_killed_mid_run_slurm_requeues_and_job_completes_when_it_returns(cl
     batch = (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
     assert "requeueing job" not in batch, "the script requeued the job, not Slurm"
     cluster.start_slurmd("mdeq-n2")
-    # Release the job only once the controller has taken node 2 back: a job allocated while the
-    # returning node is still being registered lost that node again in slurmctld 22.05 (the srun
-    # then waited for "busy" nodes). With the default requeue delay (~2 min) this cannot happen.
+    # the job needs both nodes: release it once the controller has taken node 2 back
     cluster.wait_nodes("idle", timeout=60, nodes=["mdeq-n2"])
     fields = drive(cluster, job, tmp_path, timeout=300)
     print(f"node-failure job: {time.monotonic() - started:.1f} s (requeued {requeued_after:.1f} s after the kill)")
