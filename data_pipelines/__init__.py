@@ -4,7 +4,8 @@ The API other packages call (names are stable; everything is importable from ``d
 
     build_train_stream(dataset, shards, *, batch_size, workers, rank, world_size, seed, image_size,
                        crop_size=None, scale_range=(0.5, 2.0), crop_scale=(0.08, 1.0), augment=True,
-                       shuffle_buffer=1000, max_bad_fraction=0.01, eval_resize=None, with_keys=False) -> TrainStream
+                       shuffle_buffer=1000, max_bad_fraction=0.01, eval_resize=None, with_keys=False,
+                       global_batch=None, streams=None) -> TrainStream
 
         ``dataset`` is "imagenet" or "cityscapes"; ``shards`` a directory written by ``mdeq shards``
         (its ``index.json`` is read), a directory of ``*.tar`` in the community layout, a brace
@@ -14,14 +15,20 @@ The API other packages call (names are stable; everything is importable from ``d
           images  (B, 3, H, W) float32, normalized with the ImageNet mean/std;
           targets (B,) int64 class ids (ImageNet) or (B, H, W) int64 train ids, 255 = ignore (Cityscapes).
         (``with_keys=True`` adds a third element, the list of sample keys: for tests and debugging.)
-        ``stream.steps_per_epoch``  batches per epoch, identical on every rank;
-        ``stream.epoch``, ``stream.step_in_epoch``  position of the next batch;
+        ``global_batch`` (default ``world_size × batch_size``): samples per optimizer step over all
+        ranks; each rank yields ``global_batch / (world_size × batch_size)`` micro-batches of each.
+        ``streams``: canonical streams (default: largest divisor of ``global_batch`` up to 64). The
+        order depends on (seed, shards, global_batch, streams) only, never on ranks or workers.
+        ``stream.steps_per_epoch``  micro-batches per epoch, identical on every rank
+        (``stream.global_steps_per_epoch`` global batches);
+        ``stream.epoch``, ``stream.step_in_epoch``  position of the next micro-batch;
         ``stream.bad_samples``, ``stream.samples_seen``  counters for logging;
-        ``stream.state_dict()`` -> small JSON-able dict; ``stream.load_state_dict(d)`` before iterating:
-          the resumed stream yields exactly the batches an uninterrupted one would have (same world
-          size, workers, batch size, seed); see docs/data.md for what happens when those change.
-        Raises ``DataError`` (one clear message) for unusable shards, fewer shards than
-        ``world_size × max(workers, 1)``, or more bad samples than ``max_bad_fraction``.
+        ``stream.state_dict()`` -> small JSON-able, layout-free dict; ``stream.load_state_dict(d)``
+          before iterating: the resumed stream yields exactly the global batches an uninterrupted one
+          would have, also on another number of ranks or workers (same seed, shards, global batch,
+          streams); see docs/data.md for what happens when those change.
+        Raises ``DataError`` (one clear message) for unusable shards, a layout the canonical streams
+        cannot serve (see ``data_pipelines.layout``), or more bad samples than ``max_bad_fraction``.
 
     build_eval_loader(dataset, shards, *, batch_size, workers, rank, world_size, image_size,
                       eval_resize=None) -> EvalLoader
@@ -34,9 +41,9 @@ The API other packages call (names are stable; everything is importable from ``d
     read_shard_set(spec) -> ShardSet        shards, per-shard sample counts, classes, dataset
     num_classes_of(spec) -> int | None      classes (ImageNet) or 19 (Cityscapes); None for shards
                                             without an index (community layout: set model.num_classes)
-    check_readers(spec, world_size, workers) -> ShardSet
-        raises DataError when there are fewer shards than world_size × max(workers, 1)
-        (the launcher's preflight).
+    check_readers(spec, world_size, workers, *, batch_size=None, global_batch=None, streams=None) -> ShardSet
+        raises DataError when the shards are unusable or (given batch_size) the layout cannot be
+        served by the canonical streams (the launcher's and trainer's preflight).
 
     synth_imagenet(out, *, classes, train_per_class, val_per_class, size=(32, 32), seed=0, val_layout="flat")
     synth_cityscapes(out, *, train, val, size=(256, 128), seed=0)

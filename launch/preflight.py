@@ -50,13 +50,17 @@ def load_train_config(program: Sequence[str]) -> Any | None:
 
 
 def check_shards(cfg: Any, world_size: int) -> int:
-    """Enough training shards for every reader (ranks × DataLoader workers); returns the shard count."""
+    """The shards exist and can feed ``world_size`` processes (canonical streams, whole micro-batches);
+    returns the shard count."""
     spec = cfg.data.train_shards
     if not spec:
         return 0  # the training command supplies its own data (e.g. synthetic); nothing to list here
     from data_pipelines import check_readers
+    from trainer.build import batching
 
-    shard_set = check_readers(spec, world_size, cfg.data.workers)
+    plan = batching(cfg, world_size)
+    shard_set = check_readers(spec, world_size, cfg.data.workers, batch_size=cfg.data.batch_size,
+                              global_batch=plan.global_batch, streams=cfg.data.streams)
     return len(shard_set.shards)
 
 

@@ -35,28 +35,39 @@ class Batching:
         return self.micro_batch * self.grad_accum_steps * self.world_size
 
 
-def batching(cfg: Config, world_size: int) -> Batching:
+def batching(cfg: Config, world_size: int, run_global_batch: int | None = None) -> Batching:
     """Micro-batch and accumulation for ``world_size`` processes, or a TrainerError saying what to change.
 
     With ``train.global_batch_size`` set (the recipes' per-GPU batch × GPUs), gradient accumulation is
     derived from it so the same recipe reproduces the same optimisation on any number of processes.
+    ``run_global_batch`` is the global batch a resumed run was trained with (from its checkpoint): with
+    ``train.hold_on_resize: global_batch`` it is kept when the number of processes changed.
     """
     micro = cfg.data.batch_size
     global_batch = cfg.train.global_batch_size
+    if global_batch is None and run_global_batch is not None and cfg.train.hold_on_resize == "global_batch":
+        return _split(cfg, run_global_batch, world_size, f"the run's global batch {run_global_batch}", held=True)
     if global_batch is None:
         return Batching(micro, cfg.train.grad_accum_steps, world_size)
+    return _split(cfg, global_batch, world_size, f"train.global_batch_size={global_batch}", held=False)
+
+
+def _split(cfg: Config, global_batch: int, world_size: int, what: str, held: bool) -> Batching:
+    """``global_batch`` as whole micro-batches on ``world_size`` processes (``what`` names it in errors)."""
+    micro = cfg.data.batch_size
+    hint = " (or set train.hold_on_resize=grad_accum to let the global batch follow the processes)" if held else ""
     if global_batch % world_size:
         raise TrainerError(
-            f"train.global_batch_size={global_batch} cannot be split over {world_size} processes: choose a "
-            f"multiple of {world_size} or run with a number of processes that divides {global_batch}")
+            f"{what} cannot be split over {world_size} processes: "
+            f"choose a multiple of {world_size} or run with a number of processes that divides {global_batch}{hint}")
     per_rank = global_batch // world_size
     if per_rank % micro:
         raise TrainerError(
-            f"train.global_batch_size={global_batch} over {world_size} processes is {per_rank} samples per "
-            f"process per step, which data.batch_size={micro} does not divide: set data.batch_size to a divisor "
-            f"of {per_rank}")
+            f"{what} over {world_size} processes is {per_rank} samples "
+            f"per process per step, which data.batch_size={micro} does not divide: set data.batch_size to a divisor "
+            f"of {per_rank}{hint}")
     accum = per_rank // micro
-    if cfg.train.grad_accum_steps not in (1, accum):
+    if not held and cfg.train.grad_accum_steps not in (1, accum):
         raise TrainerError(
             f"train.grad_accum_steps={cfg.train.grad_accum_steps} contradicts train.global_batch_size={global_batch} "
             f"(which needs {accum} with data.batch_size={micro} on {world_size} processes): drop one of them")
@@ -136,11 +147,16 @@ def pretrain_layers(cfg: Config, spec=None) -> int:
     return cfg.deq.pretrain_layers if cfg.deq.pretrain_layers is not None else int(spec.pretrain_layers)
 
 
-def train_stream_args(cfg: Config, rank: int, world_size: int) -> dict[str, Any]:
-    """Keyword arguments of ``data_pipelines.build_train_stream`` (besides dataset and shards)."""
+def train_stream_args(cfg: Config, rank: int, world_size: int, plan: Batching | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``data_pipelines.build_train_stream`` (besides dataset and shards).
+
+    ``plan`` (default: ``batching(cfg, world_size)``) gives the global batch the stream cuts into this
+    rank's micro-batches; the canonical streams (``data.streams``) fix the order for every layout."""
     data = cfg.data
+    plan = plan if plan is not None else batching(cfg, world_size)
     args: dict[str, Any] = dict(batch_size=data.batch_size, workers=data.workers, rank=rank,
-                                world_size=world_size, seed=cfg.train.seed, image_size=data.image_size,
+                                world_size=world_size, global_batch=plan.global_batch, streams=data.streams,
+                                seed=cfg.train.seed, image_size=data.image_size,
                                 scale_range=tuple(data.scale_range), crop_scale=tuple(data.crop_scale),
                                 augment=data.augment,
                                 shuffle_buffer=data.shuffle_buffer, max_bad_fraction=data.max_bad_fraction,

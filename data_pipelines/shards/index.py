@@ -126,17 +126,27 @@ def num_classes_of(spec: str) -> int | None:
     return shard_set.num_classes
 
 
-def check_readers(spec: str | ShardSet, world_size: int, workers: int) -> ShardSet:
-    """Raise DataError unless every (rank, worker) reader gets at least one shard."""
+def check_readers(spec: str | ShardSet, world_size: int, workers: int, *, batch_size: int | None = None,
+                  global_batch: int | None = None, streams: int | None = None) -> ShardSet:
+    """Raise DataError unless the shards can feed this layout (the launcher's and trainer's preflight).
+
+    With ``batch_size`` (and ``global_batch``, default ``world_size × batch_size``) the layout is checked
+    against the canonical streams (``data_pipelines.layout``) and the shards must hold at least one
+    global batch. Any number of shards works: streams take sample ranges, not whole shards.
+    """
+    from data_pipelines.layout import make_layout
+
     shard_set = spec if isinstance(spec, ShardSet) else read_shard_set(spec)
-    readers = world_size * max(workers, 1)
-    if len(shard_set.urls) < readers:
-        total = sum(shard_set.counts) if shard_set.counts else None
-        hint = (f" (e.g. --samples-per-shard {max(1, total // readers)})" if total else "")
-        raise DataError(
-            f"{shard_set.spec} has {len(shard_set.urls)} shards but {world_size} ranks x {max(workers, 1)} "
-            f"workers = {readers} readers each need at least one: write more, smaller shards{hint} "
-            f"or lower data.workers")
+    if not shard_set.urls:
+        raise DataError(f"{shard_set.spec} lists no shards")
+    if batch_size is None:
+        return shard_set
+    global_batch = global_batch if global_batch is not None else world_size * batch_size
+    make_layout(streams=streams, global_batch=global_batch, micro_batch=batch_size, rank=0, world_size=world_size,
+                workers=workers)
+    if shard_set.counts is not None and sum(shard_set.counts) < global_batch:
+        raise DataError(f"{shard_set.spec} holds {sum(shard_set.counts)} samples, fewer than one global batch "
+                        f"({global_batch}): lower data.batch_size / train.global_batch_size or add data")
     return shard_set
 
 

@@ -133,13 +133,22 @@ def test_missing_val_ground_truth_is_a_clear_error(tmp_path):
         write_imagenet_shards(tmp_path / "raw", tmp_path / "out", split="val", progress=False)
 
 
-def test_fewer_shards_than_readers_is_a_clear_error(imagenet_shards):
-    spec = str(imagenet_shards["val"])  # 3 shards
-    with pytest.raises(DataError, match=r"3 shards but 2 ranks x 2 workers = 4 readers.*--samples-per-shard 3"):
-        check_readers(spec, world_size=2, workers=2)
-    with pytest.raises(DataError, match="4 readers"):
-        build_train_stream("imagenet", spec, batch_size=1, workers=2, rank=0, world_size=2, seed=0, image_size=16)
-    assert len(check_readers(spec, world_size=1, workers=3).urls) == 3
+def test_layouts_the_canonical_streams_cannot_serve_are_clear_errors(imagenet_shards):
+    spec = str(imagenet_shards["val"])  # 3 shards: fewer than readers is fine, streams take sample ranges
+    assert len(check_readers(spec, world_size=2, workers=2, batch_size=1).urls) == 3
+    with pytest.raises(DataError, match=r"3 processes cannot share 4 canonical streams evenly: run a number of "
+                                        r"processes that divides 4"):
+        check_readers(spec, world_size=3, workers=0, batch_size=1, global_batch=12, streams=4)
+    with pytest.raises(DataError, match=r"data.streams=5 does not divide the global batch 12"):
+        check_readers(spec, world_size=1, workers=0, batch_size=1, global_batch=12, streams=5)
+    with pytest.raises(DataError, match=r"global batch 12 over 2 processes is 6 samples per process, which "
+                                        r"micro-batches of 4 do not fill"):
+        check_readers(spec, world_size=2, workers=0, batch_size=4, global_batch=12)
+    # more workers than the rank's streams: only as many start as have a stream to read
+    assert build_train_stream("imagenet", spec, batch_size=1, workers=3, rank=0, world_size=2, seed=0,
+                              image_size=16, global_batch=4).layout.workers == 2
+    with pytest.raises(DataError, match=r"holds 12 samples, fewer than one global batch \(16\)"):
+        check_readers(spec, world_size=2, workers=0, batch_size=8)
 
 
 def test_missing_or_foreign_shards_are_clear_errors(tmp_path):

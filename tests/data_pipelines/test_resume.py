@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from data_pipelines import build_train_stream
+from data_pipelines import DataError, build_train_stream
 
 
 def _stream(shards, **overrides):
@@ -45,13 +45,30 @@ def test_resumed_stream_continues_exactly_like_an_uninterrupted_one(imagenet_sha
 
 
 @pytest.mark.timeout(120)
-def test_resume_with_another_world_size_keeps_the_epoch_and_warns(imagenet_shards, caplog):
+def test_resume_with_another_global_batch_keeps_the_epoch_and_warns(imagenet_shards, caplog):
     first = _stream(imagenet_shards["train"], world_size=2, rank=0, batch_size=2, with_keys=False)
-    _take(iter(first), 4)  # 4 of 8 steps: half the epoch
+    _take(iter(first), 4)  # 4 of 8 global batches of 4: half the epoch
+    # global batch 2 instead of 4: another order, so the position is carried over as a fraction
     resumed = _stream(imagenet_shards["train"], world_size=1, rank=0, batch_size=2, workers=0, with_keys=False)
     with caplog.at_level(logging.WARNING, logger="data_pipelines"):
         resumed.load_state_dict(first.state_dict())
-    assert "world_size 2->1" in caplog.text
+    assert "global_batch 4->2" in caplog.text
     assert resumed.epoch == 0 and resumed.step_in_epoch == 8 == resumed.steps_per_epoch // 2
     next(iter(resumed))
     assert resumed.step_in_epoch == 9
+
+
+@pytest.mark.timeout(120)
+def test_a_state_inside_a_global_batch_resumes_only_on_its_own_layout(imagenet_shards):
+    # 1 rank, micro-batches of 2, global batch 4: two micro-batches per global batch; stop after one
+    first = _stream(imagenet_shards["train"], world_size=1, rank=0, batch_size=2, global_batch=4)
+    _take(iter(first), 3)
+    state = first.state_dict()
+    assert (state["global_step_in_epoch"], state["micro_in_step"]) == (1, 1)
+    other = _stream(imagenet_shards["train"], world_size=2, rank=0, batch_size=2, global_batch=4)
+    with pytest.raises(DataError, match=r"saved after 1 micro-batch\(es\) of a global batch by 1 process\(es\).*"
+                                        r"resume from a state saved at an optimizer step"):
+        other.load_state_dict(state)
+    same = _stream(imagenet_shards["train"], world_size=1, rank=0, batch_size=2, global_batch=4)
+    same.load_state_dict(state)
+    assert same.step_in_epoch == 3

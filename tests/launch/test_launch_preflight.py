@@ -144,16 +144,15 @@ def test_nproc_counts_gpus_when_cuda_is_present():
         check_nproc(5, MachineCapacity(gpus=0, cpu_cores=4))
 
 
-def test_fewer_shards_than_ranks_times_workers(capsys, tmp_path, monkeypatch):
+def test_a_layout_the_canonical_streams_cannot_serve(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_shards(tmp_path / "shards", 3)
-    (tmp_path / "c.yaml").write_text("data: {train_shards: shards, workers: 2}\n"
-                                     "checkpoint: {dir: ckpt}\n")
+    (tmp_path / "c.yaml").write_text("data: {train_shards: shards, workers: 2, batch_size: 3, streams: 3}\n"
+                                     "train: {global_batch_size: 6}\ncheckpoint: {dir: ckpt}\n")
     code, err = run_mdeq(capsys, "launch", "torchrun", "--nnodes", "2", "--node-rank", "1", "--master-addr",
                          "127.0.0.1", "--master-port", "1", "--", "train", "--config", "c.yaml")
     assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "3 shards" in lines[0] and "4 readers" in lines[0], err
+    assert_one_error(err, "2 processes cannot share 3 canonical streams evenly")
 
 
 def test_enough_shards_and_writable_checkpoint_dir_pass(tmp_path, monkeypatch):

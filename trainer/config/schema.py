@@ -59,7 +59,8 @@ class DataConfig:
     batch_size: int = rng(32, ge=1)  # per process, per micro-step
     eval_batch_size: int | None = rng(None, ge=1)  # per process; default batch_size
     workers: int = rng(2, ge=0)  # DataLoader worker processes per rank
-    shuffle_buffer: int = rng(1000, ge=0)  # samples held for in-stream shuffling
+    shuffle_buffer: int = rng(1000, ge=0)  # samples held for in-stream shuffling, split over the streams
+    streams: int | None = rng(None, ge=1)  # canonical streams the sample order is defined on (None: auto)
     max_bad_fraction: float = rng(0.01, ge=0.0, le=1.0)  # stop when more samples than this are bad
     eval_max_batches: int | None = rng(None, ge=1)  # cap evaluation length (None: whole val set)
 
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     grad_accum_steps: int = rng(1, ge=1)
     global_batch_size: int | None = rng(None, ge=1)  # samples per optimizer step, all processes; sets grad_accum_steps
+    hold_on_resize: Literal["global_batch", "grad_accum"] = "global_batch"  # kept when the process count changes
     grad_clip: float = rng(1.0, ge=0.0)  # 0 disables clipping
     label_smoothing: float = rng(0.0, ge=0.0, le=0.99)
     max_bad_steps: int = rng(3, ge=1)  # consecutive non-finite steps before rollback/abort
