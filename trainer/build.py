@@ -52,6 +52,19 @@ def batching(cfg: Config, world_size: int, run_global_batch: int | None = None) 
     return _split(cfg, global_batch, world_size, f"train.global_batch_size={global_batch}", held=False)
 
 
+def run_global_batch(cfg: Config, point) -> int | None:
+    """The global batch the run being resumed trained with (None for a fresh start).
+
+    Read from rank 0's client state of the resume point; checkpoints written before it was recorded
+    had ``data.batch_size × train.grad_accum_steps × the processes that saved them``."""
+    if point is None:
+        return None
+    recorded = (point.client_state or {}).get("global_batch")
+    if recorded is not None:
+        return int(recorded)
+    return cfg.train.global_batch_size or cfg.data.batch_size * cfg.train.grad_accum_steps * point.world_size
+
+
 def _split(cfg: Config, global_batch: int, world_size: int, what: str, held: bool) -> Batching:
     """``global_batch`` as whole micro-batches on ``world_size`` processes (``what`` names it in errors)."""
     micro = cfg.data.batch_size

@@ -44,19 +44,20 @@ def sample_log_enabled() -> bool:
 
 class SampleLog:
     """Test switch ``MDEQ_SAMPLE_LOG=path``: append the sample keys of every micro-step to
-    ``path.rank<r>`` as JSON lines {"step", "micro", "rank", "keys"} (the fault tests' accounting)."""
+    ``path.rank<r>`` as JSON lines {"step", "micro", "rank", "world", "time", "keys"} (the fault
+    tests' accounting; ``time`` is the wall clock, ``world`` the number of processes)."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, world_size: int = 1) -> None:
         base = os.environ.get("MDEQ_SAMPLE_LOG")
-        self.rank = rank
+        self.rank, self.world_size = rank, world_size
         self.path = f"{base}.rank{rank}" if base else None
 
     def write(self, step: int, micro: int, keys) -> None:
         if self.path is None:
             return
         with open(self.path, "a") as out:
-            out.write(json.dumps({"step": step, "micro": micro, "rank": self.rank,
-                                  "keys": list(keys) if keys is not None else None}) + "\n")
+            out.write(json.dumps({"step": step, "micro": micro, "rank": self.rank, "world": self.world_size,
+                                  "time": time.time(), "keys": list(keys) if keys is not None else None}) + "\n")
 
 
 def _solver_metrics(stats, pretrain: bool, prefix: str = "solver/") -> dict[str, float]:

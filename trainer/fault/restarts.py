@@ -28,3 +28,20 @@ def init_process_group_for_restarts(backend: str) -> bool:
     dist.init_process_group(backend, store=dist.PrefixStore(f"/mdeq/restart_{attempt}", store), rank=rank,
                             world_size=world_size)
     return True
+
+
+def hold_after_commit_for_test(world_size: int, requested_locally) -> None:
+    """Test switch ``MDEQ_TEST_HOLD_WORLD=W``: a generation of W processes, once it has committed a
+    checkpoint, trains no further until it is asked to stop (the agent's SIGTERM when a node joins).
+
+    The elastic test uses it so the smaller world cannot reach ``max_steps`` before the returning node
+    has joined, however fast the machine is. ``requested_locally`` is the preemption handler's flag;
+    one process per world is enough here (the test holds a world of 1), so no collective is needed.
+    """
+    if os.environ.get("MDEQ_TEST_HOLD_WORLD") != str(world_size):
+        return
+    import time
+
+    print(f"MDEQ_TEST_HOLD_WORLD={world_size}: holding after the commit until asked to stop", flush=True)
+    while not requested_locally():
+        time.sleep(0.05)  # polling a signal flag set by the handler; nothing else to wait on
