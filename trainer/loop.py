@@ -21,6 +21,7 @@ from trainer.engine import build_engine, engine_dtype
 from trainer.errors import TrainerError
 from trainer.evaluate import evaluate
 from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard, PreemptionHandler
+from trainer.fault.restarts import hold_after_commit_for_test
 from trainer.optim import build_optimizer
 from trainer.preflight import preflight
 from trainer.progress import Progress
@@ -81,6 +82,7 @@ class Trainer:
         self.preemption: PreemptionHandler | None = None
         self.metrics_log = None
         self.step, self.best_metric, self.run_id = 0, None, None
+        self.resized_from: int | None = None  # processes of the checkpoint resumed from, when not ours
         self.history: list[dict] = []
         self.last_eval: dict[str, float] = {}
 
@@ -119,28 +121,34 @@ class Trainer:
             apply_init_from(self.model, plan.init_from_state, cfg.model.init_from, verbose=layout.is_main)
         seed_everything(cfg.train.seed + layout.rank)  # per-rank randomness (dropout masks) from here on
         optimizer = build_optimizer(cfg.optim, self.model.parameters())
-        self.engine = build_engine(cfg, self.model.to(layout.device), optimizer, plan.batching.grad_accum_steps)
-        self.dtype = engine_dtype(self.engine)
-        self.stream = data.build_train_stream(cfg.data.dataset, cfg.data.train_shards,
-                                              **build.train_stream_args(cfg, layout.rank, layout.world_size),
-                                              with_keys=sample_log_enabled())
-        self.eval_loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
-                                                  **build.eval_loader_args(cfg, layout.rank, layout.world_size))
         resolved = config_to_dict(cfg)
         self.checkpointer = Checkpointer(cfg.checkpoint, rank=layout.rank, world_size=layout.world_size,
                                          config_hash=config_hash(resolved), config=resolved)
+        # found before the engine: on another number of processes the accumulation that keeps the
+        # run's global batch (train.hold_on_resize) depends on it (collective; refuses breaking config
+        # changes, naming the keys)
+        self.resume_point = self.checkpointer.find_resume()
+        self.batching = build.batching(cfg, layout.world_size, build.run_global_batch(cfg, self.resume_point))
+        self.engine = build_engine(cfg, self.model.to(layout.device), optimizer, self.batching.grad_accum_steps)
+        self.dtype = engine_dtype(self.engine)
+        self.stream = data.build_train_stream(cfg.data.dataset, cfg.data.train_shards,
+                                              **build.train_stream_args(cfg, layout.rank, layout.world_size,
+                                                                        self.batching),
+                                              with_keys=sample_log_enabled())
+        self.eval_loader = data.build_eval_loader(cfg.data.dataset, cfg.data.val_shards,
+                                                  **build.eval_loader_args(cfg, layout.rank, layout.world_size))
         self.guard = DivergenceGuard(max_bad_steps=cfg.train.max_bad_steps, on_divergence=cfg.train.on_divergence)
-        self.sample_log = SampleLog(layout.rank)
+        self.sample_log = SampleLog(layout.rank, layout.world_size)
 
     def resume(self) -> None:
-        """Continue from the newest committed checkpoint, if any (collective; refuses breaking config
-        changes, naming the keys)."""
-        point = self.checkpointer.find_resume()
+        """Continue from the newest committed checkpoint (found by ``build``), if any."""
+        point = self.resume_point
         if point is not None:
             state = self.restore(point)
             self.best_metric = state.get("best_metric")
             self.run_id = state.get("mlflow_run_id")
             self.guard.load_state_dict(state.get("guard", {}))
+            self.resized_from = state.get("resumed_from_world_size")
         self.batches = iter(self.stream)
 
     def restore(self, point) -> dict:
@@ -160,7 +168,7 @@ class Trainer:
             self.metrics_log = (self.out_dir / "metrics.jsonl").open("a")
         layout, options = self.layout, self.model.deq_options
         params = run_params(cfg, flatten_config(cfg), resolved_model=resolved_model_params(cfg, self.model.spec),
-                            deq_options=options, batching=self.plan.batching, world_size=layout.world_size,
+                            deq_options=options, batching=self.batching, world_size=layout.world_size,
                             pretrain_steps=self.pretrain_steps, tracking_uri=self.tracker.uri, output_dir=self.out_dir)
         self.run_id = self.tracker.start(params, run_id=self.run_id,
                                          run_name=default_run_name(cfg.model.name, self.task, layout.world_size),
@@ -171,15 +179,20 @@ class Trainer:
         self.meter = IntervalMeter(layout.world_size, self.task, layout.device)
         self.report = RunReport(self.tracker, self.progress, cfg=cfg, task=self.task, num_classes=self.plan.num_classes,
                                 options=options, pretrain_steps=self.pretrain_steps,
-                                global_batch=self.plan.batching.global_batch, is_main=layout.is_main,
+                                global_batch=self.batching.global_batch, is_main=layout.is_main,
                                 out_dir=self.out_dir, history=self.history)
         self.report.best = self.best_metric
+        self.tracker.log_metrics({"world_size": float(layout.world_size)}, self.step)  # one point per start
 
     def announce(self) -> None:
-        cfg = self.cfg
+        cfg, batching = self.cfg, self.batching
+        if self.resized_from is not None:
+            self.progress.message(f"world size changed: {self.resized_from} → {self.layout.world_size} processes at "
+                                  f"step {self.step}; {batching.grad_accum_steps} micro-step(s) of "
+                                  f"{batching.micro_batch} per process")
         self.progress.message(
             f"training {cfg.model.name} ({self.task}) on {self.layout.world_size} process(es), "
-            f"{self.plan.batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
+            f"{batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
             f"unrolled pre-training until step {self.pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
 
     # -- one step -------------------------------------------------------------------------------
@@ -195,7 +208,7 @@ class Trainer:
         set_lr(self.engine.optimizer, lr)
         self.stepped_unrolled = self.is_pretrain()
         outcome = train_step(self.engine, self.batches, step=step, task=self.task, pretrain=self.stepped_unrolled,
-                             accum=self.plan.batching.grad_accum_steps, dtype=self.dtype, device=self.layout.device,
+                             accum=self.batching.grad_accum_steps, dtype=self.dtype, device=self.layout.device,
                              label_smoothing=cfg.train.label_smoothing,
                              inject_nan=cfg.train.inject_nan_at_step == step, sample_log=self.sample_log)
         verdict = self.guard.observe(loss_finite=outcome.loss_finite, grads_finite=outcome.grads_finite,
@@ -258,6 +271,8 @@ class Trainer:
         stop = self.preemption.should_stop()  # collective: every rank stops at the same step
         if step == max_steps or stop or self.checkpointer.should_save(step):
             self.save(self.last_eval.get(self.metric_key) if evaluated else None)
+            if not stop and step < max_steps:
+                hold_after_commit_for_test(self.layout.world_size, lambda: self.preemption.requested_locally)
         if stop and step < max_steps:
             self.progress.message(f"preempted: checkpoint committed at step {step}; exiting with {PREEMPTED_EXIT_CODE}")
             self.tracker.end("KILLED")
@@ -268,7 +283,8 @@ class Trainer:
     def client_state(self) -> dict:
         """What a checkpoint carries beside the engine: step, data position, run id, guard."""
         return {"step": self.step, "epoch": self.stream.epoch, "loader_state": self.stream.state_dict(),
-                "mlflow_run_id": self.run_id, "best_metric": self.best_metric, "guard": self.guard.state_dict()}
+                "mlflow_run_id": self.run_id, "best_metric": self.best_metric, "guard": self.guard.state_dict(),
+                "global_batch": self.batching.global_batch}
 
     def save(self, metric: float | None) -> None:
         step = self.step

@@ -131,8 +131,8 @@ def check_readers(spec: str | ShardSet, world_size: int, workers: int, *, batch_
     """Raise DataError unless the shards can feed this layout (the launcher's and trainer's preflight).
 
     With ``batch_size`` (and ``global_batch``, default ``world_size × batch_size``) the layout is checked
-    against the canonical streams (``data_pipelines.layout``) and the shards must hold at least one
-    global batch. Any number of shards works: streams take sample ranges, not whole shards.
+    against the canonical streams (``data_pipelines.layout``). Any number of shards works: streams
+    take sample ranges, not whole shards (that they hold one global batch is checked by the stream).
     """
     from data_pipelines.layout import make_layout
 
@@ -144,9 +144,6 @@ def check_readers(spec: str | ShardSet, world_size: int, workers: int, *, batch_
     global_batch = global_batch if global_batch is not None else world_size * batch_size
     make_layout(streams=streams, global_batch=global_batch, micro_batch=batch_size, rank=0, world_size=world_size,
                 workers=workers)
-    if shard_set.counts is not None and sum(shard_set.counts) < global_batch:
-        raise DataError(f"{shard_set.spec} holds {sum(shard_set.counts)} samples, fewer than one global batch "
-                        f"({global_batch}): lower data.batch_size / train.global_batch_size or add data")
     return shard_set
 
 

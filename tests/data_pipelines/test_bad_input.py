@@ -148,7 +148,7 @@ def test_layouts_the_canonical_streams_cannot_serve_are_clear_errors(imagenet_sh
     assert build_train_stream("imagenet", spec, batch_size=1, workers=3, rank=0, world_size=2, seed=0,
                               image_size=16, global_batch=4).layout.workers == 2
     with pytest.raises(DataError, match=r"holds 12 samples, fewer than one global batch \(16\)"):
-        check_readers(spec, world_size=2, workers=0, batch_size=8)
+        build_train_stream("imagenet", spec, batch_size=8, workers=0, rank=0, world_size=2, seed=0, image_size=16)
 
 
 def test_missing_or_foreign_shards_are_clear_errors(tmp_path):
