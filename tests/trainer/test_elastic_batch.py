@@ -3,9 +3,13 @@ checkpoint, then 1, then 2 again, end within 1e-5 (relative, fp32, CPU) of an un
 run, under ZeRO-1 and ZeRO-3.
 
 The tiny MDEQ with dropout off (its masks are drawn per rank, so they depend on the layout), 64
-synthetic samples in shards of 16 and 10, global batch 8 (micro-batch 4: 2 processes x 1 micro-step
-or 1 process x 2), constant LR, 12 steps; the phases end at step 4 (mid-epoch) and 8 (an epoch
-boundary: 8 steps per epoch). All trainings of one process count share one torchrun launch
+synthetic samples in shards of 10 and 4, global batch 8 (micro-batch 4: 2 processes x 1 micro-step
+or 1 process x 2), SGD with momentum at a constant LR, 12 steps; the phases end at step 4 (mid-epoch)
+and 8 (an epoch boundary: 8 steps per epoch). Compared: the parameters. BatchNorm running statistics
+are buffers each process updates once per micro-batch and does not share (rank 0's are saved), so
+they depend on the layout by design. SGD rather than Adam: the biases of convolutions followed by
+BatchNorm have a gradient that is zero up to rounding, and Adam's normalised step turns that
+rounding into steps of the size of the learning rate. All trainings of one process count share one torchrun launch
 (tests/trainer/scripts/multi_train.py): 3 launches in all.
 """
 
@@ -45,7 +49,7 @@ def _config(root: Path, name: str, data: Path, stage: int) -> Path:
                  "image_size": 16, "eval_resize": 16, "batch_size": 4, "workers": 1, "eval_max_batches": 1,
                  "shuffle_buffer": 16},
         "train": {"max_steps": 12, "eval_every": 0, "log_every": 1, "seed": 0, "output_dir": str(root / name)},
-        "optim": {"name": "adam", "lr": 0.003, "weight_decay": 0.0, "schedule": "constant"},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-5, "schedule": "constant"},
         "deepspeed": {"zero_stage": stage, "precision": "fp32"},
         "deq": {"f_solver": "broyden", "f_max_iter": 4, "b_max_iter": 4, "pretrain_steps": 2},
         "checkpoint": {"dir": str(root / name / "ckpt"), "every_steps": 4, "keep_last": 3},
@@ -71,7 +75,12 @@ def _launch(root: Path, nproc: int, runs: list[dict], tag: str) -> None:
 
 
 def _weights(root: Path, name: str) -> dict[str, torch.Tensor]:
-    return torch.load(root / name / "ckpt" / "step_000000012" / "model.pt", weights_only=True)["state_dict"]
+    """The trained parameters (not the buffers) of run ``name`` at step 12."""
+    import mdeq
+
+    parameters = {n for n, _ in mdeq.create_model("tiny", num_classes=4, dropout=0.0).named_parameters()}
+    state = torch.load(root / name / "ckpt" / "step_000000012" / "model.pt", weights_only=True)["state_dict"]
+    return {n: t for n, t in state.items() if n in parameters}
 
 
 @pytest.mark.timeout(900)
@@ -96,7 +105,7 @@ def test_two_one_two_processes_end_where_two_processes_end(tmp_path):
 
     for stage in STAGES:
         expected, got = _weights(tmp_path, f"reference-zero{stage}"), _weights(tmp_path, f"elastic-zero{stage}")
-        assert expected.keys() == got.keys()
+        assert expected.keys() == got.keys() and len(expected) > 0
         worst = max(float((got[k] - expected[k]).abs().max() / expected[k].abs().max().clamp_min(1e-12))
                     for k in expected if expected[k].is_floating_point())
         print(f"ZeRO-{stage}: largest relative difference {worst:.2e}")
