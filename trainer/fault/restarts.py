@@ -5,6 +5,11 @@ restart. The restarted ranks then read the dead generation's gloo/NCCL addresses
 in ``connectFullMesh`` ("Connection refused") - seen here with ``--standalone`` and with a static
 ``--master-addr/--master-port``. Initialising the default group on a ``PrefixStore`` named after
 ``TORCHELASTIC_RESTART_COUNT`` gives every generation its own keys.
+
+That count cannot name the generations of an elastic job (``--nnodes MIN:MAX``): a membership change
+restarts the workers without counting a restart, and a node that joins later counts from 0. The
+elastic launch form therefore asks torchrun for a fresh worker store per rendezvous round
+(``launch/torchrun.py``); the workers then run without the agent store and this helper does nothing.
 """
 
 from __future__ import annotations
