@@ -115,8 +115,10 @@ def _cpu_fp32(state: dict) -> dict[str, torch.Tensor]:
 
 
 def write_weights(state: dict, path: Path, *, model: str, task: str, step: int) -> None:
-    """Write ``model.pt`` atomically (temp name, then rename)."""
+    """Write ``model.pt`` atomically and durably (temp name, fsync, rename, fsync of the folder)."""
+    from data_pipelines.atomic import replace_durably
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"state_dict": state, "model": model, "task": task, "step": step}, tmp)
-    tmp.replace(path)
+    replace_durably(tmp, path)

@@ -1,5 +1,7 @@
 """File-level helpers: atomic writes, content digests, and a no-unpickling safety scan.
 
+Atomic, durable writes come from ``data_pipelines.atomic`` (one helper for shards and checkpoints).
+
 DeepSpeed 0.19.8 reads its checkpoint files with ``torch.load(..., weights_only=False)`` (its
 ``TorchCheckpointEngine.load``), i.e. full unpickling. ``install_safe_loader`` swaps that method on
 an engine for ``weights_only=True`` with the two DeepSpeed classes its files need allow-listed, and
@@ -9,7 +11,6 @@ an engine for ``weights_only=True`` with the two DeepSpeed classes its files nee
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import zipfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_pipelines import atomic
 
 # Classes DeepSpeed pickles into its ZeRO optimizer files (an Enum, plain attribute holders).
 # Restoring them with weights_only=True sets attributes only: it runs no code from the file.
@@ -41,33 +44,9 @@ def _safe_global_objects() -> list[Any]:
     return objects
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/creation in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``data`` as JSON at ``path``: whole or not at all, durable (see ``data_pipelines.atomic``)."""
+    atomic.atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -118,3 +97,55 @@ def install_safe_loader(engine: Any) -> None:
         return
     checkpoint_engine.load = lambda path, map_location=None: safe_torch_load(path, map_location)
     checkpoint_engine._mdeq_safe = True
+
+
+class DurableWrites:
+    """Records the files one rank writes into a checkpoint, and makes them durable before the commit.
+
+    ``track(engine)`` wraps the engine's checkpoint engine so every file DeepSpeed saves on this rank
+    is fsynced right after it is written (DeepSpeed's ``torch.save`` leaves them in the page cache).
+    ``around(tag_dir)`` (a context manager) fsyncs the files that appeared or changed in ``tag_dir``
+    while it was open (e.g. ``model.pt`` from ``write_extra``). ``finish(tag_dir)`` fsyncs the folders
+    whose entries this rank created; after it, a machine crash cannot lose what this rank wrote.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+
+    def track(self, engine: Any) -> None:
+        checkpoint_engine = engine.checkpoint_engine
+        if getattr(checkpoint_engine, "_mdeq_durable", None) is self:
+            return
+        original = getattr(checkpoint_engine, "_mdeq_original_save", checkpoint_engine.save)
+
+        def save(state_dict: Any, path: str) -> None:
+            original(state_dict, path)
+            atomic.fsync_file(path)
+            self.written.append(Path(path))
+
+        checkpoint_engine._mdeq_original_save = original
+        checkpoint_engine.save = save
+        checkpoint_engine._mdeq_durable = self
+
+    @staticmethod
+    def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+    def around(self, root: Path):
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            before = self._snapshot(root) if root.is_dir() else {}
+            yield
+            for path, info in self._snapshot(root).items():
+                if before.get(path) != info:
+                    atomic.fsync_file(path)
+                    self.written.append(path)
+
+        return scope()
+
+    def finish(self, tag_dir: Path) -> None:
+        for folder in sorted({p.parent for p in self.written} | {tag_dir, tag_dir.parent}, reverse=True):
+            atomic.fsync_dir(folder)
+        self.written.clear()
