@@ -32,10 +32,33 @@ folder: ``ownership``; the run lock: ``lock``. DeepSpeed's own files are read wi
 ``weights_only=True``: ``trainer.checkpoint.files``. Rules: docs/fault-tolerance.md.
 """
 
-from trainer.checkpoint.checkpointer import Checkpointer, weights_finite
-from trainer.checkpoint.compat import check_compatible, classify_changes
-from trainer.checkpoint.ownership import config_hash
-from trainer.checkpoint.store import InvalidCheckpoint, ResumePoint
+from __future__ import annotations
 
-__all__ = ["Checkpointer", "InvalidCheckpoint", "ResumePoint", "check_compatible", "classify_changes",
-           "config_hash", "weights_finite"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Resolved on first use (PEP 562): the lock and ownership helpers import without torch.
+_EXPORTS: dict[str, str] = {
+    "Checkpointer": "trainer.checkpoint.checkpointer",
+    "weights_finite": "trainer.checkpoint.checkpointer",
+    "check_compatible": "trainer.checkpoint.compat",
+    "classify_changes": "trainer.checkpoint.compat",
+    "config_hash": "trainer.checkpoint.ownership",
+    "InvalidCheckpoint": "trainer.checkpoint.store",
+    "ResumePoint": "trainer.checkpoint.store",
+}
+
+if TYPE_CHECKING:
+    from trainer.checkpoint.checkpointer import Checkpointer, weights_finite  # noqa: F401
+    from trainer.checkpoint.compat import check_compatible, classify_changes  # noqa: F401
+    from trainer.checkpoint.ownership import config_hash  # noqa: F401
+    from trainer.checkpoint.store import InvalidCheckpoint, ResumePoint  # noqa: F401
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'trainer.checkpoint' has no attribute {name!r}")
+    return getattr(importlib.import_module(module_name), name)

@@ -111,6 +111,9 @@ class Checkpointer:
                 found = dataclasses.asdict(point) if point is not None else None
             except TrainerError as err:
                 error = str(err)
+            except (ImportError, OSError) as err:  # the environment, not the checkpoint: say so, on every rank
+                error = (f"cannot read the checkpoints in {self.root}: {type(err).__name__}: {err}. This is an "
+                         "error of the installation or the filesystem, not a damaged checkpoint; fix it and relaunch")
         found, run_id, error = broadcast_from_rank0((found, self.run_id, error))
         if error:
             self.close()
@@ -268,7 +271,7 @@ class Checkpointer:
             "rank": self.rank, "world_size": self.world_size, "step": step,
             "client_state": client_state, "rng": capture_rng_state(),
         })
-        self._durable.finish(tag_dir / store.CLIENT_DIR)
+        self._durable.finish(tag_dir)  # (the client JSON fsynced itself and client/)
         self._maybe_crash(step)
         barrier()  # every rank's files are on disk
         if self.rank == 0:

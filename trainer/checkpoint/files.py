@@ -129,7 +129,16 @@ class DurableWrites:
 
     @staticmethod
     def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
-        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+        # Other ranks write into the same folder meanwhile: their temporary files may vanish under us.
+        found = {}
+        for path in root.rglob("*"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                found[path] = (info.st_size, info.st_mtime_ns)
+        return found
 
     def around(self, root: Path):
         import contextlib
@@ -140,7 +149,10 @@ class DurableWrites:
             yield
             for path, info in self._snapshot(root).items():
                 if before.get(path) != info:
-                    atomic.fsync_file(path)
+                    try:
+                        atomic.fsync_file(path)
+                    except FileNotFoundError:
+                        continue  # another rank's temporary file, renamed meanwhile
                     self.written.append(path)
 
         return scope()
