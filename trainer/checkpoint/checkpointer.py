@@ -314,7 +314,7 @@ class Checkpointer:
             target = ownership.set_aside_folder(self.root, f"{owner or 'unreadable-marker'}")
             log.warning("%s was committed by %s, not this run (%s): moving it to %s", tag_dir,
                         f"run {owner}" if owner else "an unreadable marker", self.run_id, target)
-            ownership.move_aside(tag_dir, target)
+            ownership.move_folder(tag_dir, target)
             return False
         else:
             log.warning("removing unfinished checkpoint %s before saving it again", tag_dir)

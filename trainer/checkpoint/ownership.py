@@ -87,7 +87,7 @@ def claim_folder(root: Path, run_id: str, *, resuming: bool, move_aside: bool) -
     for _step, tag_dir in store.list_tag_dirs(root):
         if store.committed_owner(tag_dir) == run_id or (resuming and not store.is_committed(tag_dir)):
             continue  # a resumed run keeps its own unfinished saves: the next save of that step replaces them
-        moved.append(move_aside(tag_dir, target))
+        moved.append(move_folder(tag_dir, target))
     log.warning("moved %d checkpoint folder(s) of %s aside to %s", len(moved), _describe(others), target)
     return moved
 
@@ -102,7 +102,7 @@ def set_aside_folder(root: Path, label: str) -> Path:
     return target
 
 
-def move_aside(tag_dir: Path, target: Path) -> Path:
+def move_folder(tag_dir: Path, target: Path) -> Path:
     """Move the checkpoint folder ``tag_dir`` into ``target`` (a rename: nothing is copied or deleted)."""
     moved = target / tag_dir.name
     tag_dir.rename(moved)
