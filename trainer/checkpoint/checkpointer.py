@@ -261,7 +261,6 @@ class Checkpointer:
         # Durable before the barrier: every file this rank wrote (DeepSpeed's, write_extra's, its
         # client JSON) and the folders holding them are fsynced, so once the marker exists a machine
         # crash cannot leave it pointing at a missing or short file.
-        self._durable.track(engine)
         with self._durable.around(tag_dir):
             engine.save_checkpoint(str(self.root), tag=tag, client_state={"mdeq_step": step}, save_latest=False)
             if write_extra is not None:

@@ -10,6 +10,7 @@ an engine for ``weights_only=True`` with the two DeepSpeed classes its files nee
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -100,32 +101,17 @@ def install_safe_loader(engine: Any) -> None:
 
 
 class DurableWrites:
-    """Records the files one rank writes into a checkpoint, and makes them durable before the commit.
+    """Makes the files one rank writes into a checkpoint durable before the commit.
 
-    ``track(engine)`` wraps the engine's checkpoint engine so every file DeepSpeed saves on this rank
-    is fsynced right after it is written (DeepSpeed's ``torch.save`` leaves them in the page cache).
-    ``around(tag_dir)`` (a context manager) fsyncs the files that appeared or changed in ``tag_dir``
-    while it was open (e.g. ``model.pt`` from ``write_extra``). ``finish(tag_dir)`` fsyncs the folders
-    whose entries this rank created; after it, a machine crash cannot lose what this rank wrote.
+    ``around(tag_dir)`` (a context manager around DeepSpeed's save and ``write_extra``) fsyncs every
+    file that appeared or changed in ``tag_dir`` while it was open: DeepSpeed's ``torch.save`` and
+    most ``write_extra`` callbacks leave their bytes in the page cache. (Files other ranks wrote
+    meanwhile may be fsynced too: harmless.) ``finish(tag_dir)`` then fsyncs the folders whose
+    entries were created; after it, a machine crash cannot lose what this rank wrote.
     """
 
     def __init__(self) -> None:
         self.written: list[Path] = []
-
-    def track(self, engine: Any) -> None:
-        checkpoint_engine = engine.checkpoint_engine
-        if getattr(checkpoint_engine, "_mdeq_durable", None) is self:
-            return
-        original = getattr(checkpoint_engine, "_mdeq_original_save", checkpoint_engine.save)
-
-        def save(state_dict: Any, path: str) -> None:
-            original(state_dict, path)
-            atomic.fsync_file(path)
-            self.written.append(Path(path))
-
-        checkpoint_engine._mdeq_original_save = original
-        checkpoint_engine.save = save
-        checkpoint_engine._mdeq_durable = self
 
     @staticmethod
     def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
@@ -141,8 +127,6 @@ class DurableWrites:
         return found
 
     def around(self, root: Path):
-        import contextlib
-
         @contextlib.contextmanager
         def scope():
             before = self._snapshot(root) if root.is_dir() else {}
