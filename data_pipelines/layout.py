@@ -16,9 +16,8 @@ have no stream to read: ``make_layout`` starts only C / R of them (and logs it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import logging
+from dataclasses import dataclass
 
 from data_pipelines.errors import DataError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import data_pipelines as data
 from trainer import build
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, config_hash
 from trainer.config import Config, config_to_dict, dump_config, flatten_config
 from trainer.distributed import launcher_world_size, seed_everything, setup_distributed, teardown
 from trainer.engine import build_engine, engine_dtype
@@ -30,7 +30,7 @@ from trainer.run_report import RunReport
 from trainer.schedules import lr_at, set_lr
 from trainer.step import SampleLog, StepOutcome, sample_log_enabled, train_step
 from trainer.tracking import Tracker, default_run_name
-from trainer.transfer import WEIGHTS_NAME, apply_init_from, config_hash, gather_state_dict, write_weights
+from trainer.transfer import WEIGHTS_NAME, apply_init_from, gather_state_dict, write_weights
 
 
 @dataclass
@@ -106,6 +106,8 @@ class Trainer:
         """Undo what run() installed in this process (safe to call at any point)."""
         if self.preemption is not None:
             self.preemption.uninstall()  # its grace watchdog must not outlive this run
+        if getattr(self, "checkpointer", None) is not None:
+            self.checkpointer.close()  # the run lock of checkpoint.dir
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None

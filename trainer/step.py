@@ -45,7 +45,9 @@ def sample_log_enabled() -> bool:
 class SampleLog:
     """Test switch ``MDEQ_SAMPLE_LOG=path``: append the sample keys of every micro-step to
     ``path.rank<r>`` as JSON lines {"step", "micro", "rank", "world", "time", "keys"} (the fault
-    tests' accounting; ``time`` is the wall clock, ``world`` the number of processes)."""
+    tests' accounting; ``time`` is the wall clock, ``world`` the number of processes), and every
+    training forward's random decisions to ``path.rank<r>.draws`` as {"step", "micro", "jac_reg"}
+    (ranks must agree on them)."""
 
     def __init__(self, rank: int, world_size: int = 1) -> None:
         base = os.environ.get("MDEQ_SAMPLE_LOG")
@@ -58,6 +60,13 @@ class SampleLog:
         with open(self.path, "a") as out:
             out.write(json.dumps({"step": step, "micro": micro, "rank": self.rank, "world": self.world_size,
                                   "time": time.time(), "keys": list(keys) if keys is not None else None}) + "\n")
+
+    def write_draws(self, step: int, micro: int, stats) -> None:
+        if self.path is None:
+            return
+        with open(f"{self.path}.draws", "a") as out:
+            out.write(json.dumps({"step": step, "micro": micro,
+                                  "jac_reg": stats is not None and stats.jac_loss is not None}) + "\n")
 
 
 def _solver_metrics(stats, pretrain: bool, prefix: str = "solver/") -> dict[str, float]:
@@ -137,9 +146,13 @@ def train_step(engine, batches, *, step: int, task: str, pretrain: bool, accum: 
         images = images.to(device, dtype=dtype, non_blocking=True)  # (B, 3, H, W)
         targets = targets.to(device, non_blocking=True)  # (B,) or (B, H, W)
         samples += images.shape[0]
+        options = getattr(engine.module, "deq_options", None)
+        if options is not None:  # per-forward random decisions derive from this index: the same on every rank
+            options.jac_reg_index = step * accum + micro
         logits = engine(images, pretrain=pretrain)
         loss = task_loss(task, logits, targets, label_smoothing)
         stats = getattr(engine.module, "last_stats", None)
+        sample_log.write_draws(step, micro, stats)
         if stats is not None and stats.jac_loss is not None:
             loss = loss + stats.jac_loss.float()
         if inject_nan:

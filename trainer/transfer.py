@@ -1,5 +1,5 @@
 """Model weights outside DeepSpeed's own files: the consolidated ``model.pt`` beside a checkpoint,
-reading it back for ``model.init_from`` (transfer) and ``mdeq eval``, and the config hash.
+reading it back for ``model.init_from`` (transfer) and ``mdeq eval``.
 
 DeepSpeed's model-states file holds empty partitions under ZeRO-3 and its optimizer files need
 the original world size; a plain fp32 state dict gathered on rank 0 serves every reader. It is read
@@ -8,8 +8,6 @@ with ``torch.load(weights_only=True)`` (tensors only, nothing unpickled).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -17,11 +15,6 @@ import torch
 from trainer.errors import TrainerError
 
 WEIGHTS_NAME = "model.pt"
-
-
-def config_hash(resolved: dict) -> str:
-    """A short stable hash of the resolved config (stored in checkpoints)."""
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def find_weights(path: str | Path) -> Path:
@@ -115,8 +108,10 @@ def _cpu_fp32(state: dict) -> dict[str, torch.Tensor]:
 
 
 def write_weights(state: dict, path: Path, *, model: str, task: str, step: int) -> None:
-    """Write ``model.pt`` atomically (temp name, then rename)."""
+    """Write ``model.pt`` atomically and durably (temp name, fsync, rename, fsync of the folder)."""
+    from data_pipelines.atomic import replace_durably
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"state_dict": state, "model": model, "task": task, "step": step}, tmp)
-    tmp.replace(path)
+    replace_durably(tmp, path)

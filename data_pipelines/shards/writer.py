@@ -1,10 +1,11 @@
 """Crash-safe, restartable, parallel shard writing.
 
 Samples are assigned to shards up front (a pure function of the sorted source list and a fixed
-seed), so a re-run produces the same shards. Each shard is written under a temporary name, flushed
-to disk and renamed when complete; a small record (samples, bytes, sha256) goes to
-``.progress/<shard>.json``. A re-run skips every shard whose file and record exist, and the index is
-written (atomically) only when all shards are complete.
+seed), so a re-run produces the same shards. Each shard is written under a temporary name, fsynced,
+renamed when complete and its directory fsynced (``data_pipelines.atomic``); a small record
+(samples, bytes, sha256) goes to ``.progress/<shard>.json`` the same way. A re-run skips every
+shard whose file and record exist, and the index is written (atomically) only when all shards are
+complete.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.atomic import atomic_write_text, fsync_dir, replace_durably
 from data_pipelines.errors import DataError
 from data_pipelines.shards.index import INDEX_FORMAT, INDEX_NAME, ShardSet, read_shard_set
 
@@ -33,15 +35,6 @@ class ShardJob:
     path: str
     items: list
     make_sample: SampleMaker
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_one(job: ShardJob) -> dict:
@@ -71,9 +64,7 @@ def _write_one(job: ShardJob) -> dict:
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible bytes
                     archive.addfile(info, io.BytesIO(data))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, final)
+    replace_durably(tmp, final)  # the shard's bytes, then its name, on disk before its record
     return {"name": final.name, "samples": len(job.items), "bytes": final.stat().st_size,
             "sha256": digest.hexdigest()}
 
@@ -84,7 +75,7 @@ def _record_path(out: Path, name: str) -> Path:
 
 def _write_and_record(job: ShardJob) -> dict:
     record = _write_one(job)
-    _atomic_write_text(_record_path(Path(job.path).parent, record["name"]), json.dumps(record))
+    atomic_write_text(_record_path(Path(job.path).parent, record["name"]), json.dumps(record))
     return record
 
 
@@ -100,6 +91,7 @@ def write_shards(out: str | os.PathLike, *, split: str, items: Sequence, make_sa
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ".progress").mkdir(exist_ok=True)
+    fsync_dir(out_dir)  # the .progress entry itself, before records go into it
     index_path = out_dir / INDEX_NAME
     if index_path.exists():
         existing = json.loads(index_path.read_text())
@@ -145,5 +137,5 @@ def write_shards(out: str | os.PathLike, *, split: str, items: Sequence, make_sa
             bar.close()
     index = {"format": INDEX_FORMAT, "dataset": dataset, "split": split,
              "shards": [records[job.name] for job in jobs], "samples": len(items), **(index_extra or {})}
-    _atomic_write_text(index_path, json.dumps(index, indent=1))
+    atomic_write_text(index_path, json.dumps(index, indent=1))
     return read_shard_set(str(out_dir))

@@ -34,7 +34,8 @@ def _eval(args: argparse.Namespace) -> int:
         keys = ["top1", "top5"] if "top1" in metrics else ["miou", "pixel_acc"]
         head = "  ".join(f"{k} {metrics[k]:.2f}%" for k in keys)
         mode = "warm-up, f unrolled" if metrics["warmup"] else "equilibrium"
-        print(f"{head}  loss {metrics['loss']:.4f}  (checkpoint step {metrics['step']}, {mode})")
+        print(f"{head}  loss {metrics['loss']:.4f}  (checkpoint step {metrics['step']}, {mode}: "
+              f"{metrics['checkpoint']})")
         for key in sorted((k for k in metrics if k.startswith("iou/")), key=lambda k: int(k.split("/")[1])):
             print(f"  {key}: {metrics[key]:.2f}")
     sys.stdout.flush()

@@ -96,11 +96,19 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
     z_out = final_step(z_in)  # (B, D): the one differentiable f evaluation, an ordinary module call
     if not z_out.requires_grad:
         return z_out, stats  # nothing to differentiate (frozen f, no grad to z0)
-    if f.training and options.jac_reg_weight > 0 and random.random() < options.jac_reg_prob:
+    if f.training and options.jac_reg_weight > 0 and _jac_reg_drawn(options):
         from mdeq.deq.jacobian import jacobian_frobenius_estimate
 
         stats.jac_loss = options.jac_reg_weight * jacobian_frobenius_estimate(z_out, z_in)
     return _attach_adjoint_hook(z_out, z_in, options, stats, branch_sizes), stats
+
+
+def _jac_reg_drawn(options: DEQOptions) -> bool:
+    from mdeq.deq.jacobian import jac_reg_drawn
+
+    if options.jac_reg_seed is None:
+        return random.random() < options.jac_reg_prob
+    return jac_reg_drawn(options.jac_reg_prob, options.jac_reg_seed, options.jac_reg_index)
 
 
 def _compute_dtype(requested: torch.dtype | None, device_type: str) -> torch.dtype | None:

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+
+def jac_reg_drawn(prob: float, seed: int, index: int) -> bool:
+    """Whether training forward ``index`` adds the Jacobian term: True with probability ``prob``.
+
+    A pure function of ``(seed, index)`` (a hash, no RNG state), so every rank of a data-parallel
+    job draws the same and they all run the same extra backward, or none does.
+    """
+    if prob >= 1.0 or prob <= 0.0:
+        return prob >= 1.0
+    digest = hashlib.sha256(f"mdeq-jac-reg:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < prob
 
 
 def jacobian_frobenius_estimate(z_out: torch.Tensor, z_in: torch.Tensor, samples: int = 1) -> torch.Tensor:

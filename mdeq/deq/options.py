@@ -40,6 +40,11 @@ class DEQOptions:
     # with a bf16 backward on the test MDEQ). False: the backward runs in compute_dtype too (faster).
     jac_reg_weight: float = 0.0  # gamma: weight of the Hutchinson ||J_f||_F^2 estimate (0: off)
     jac_reg_prob: float = 0.0  # probability of adding the Jacobian term on a training forward
+    # The draw decides whether a forward runs the extra (double) backward, i.e. which collectives a
+    # data-parallel step runs: every rank must draw the same. With a seed it is a pure function of
+    # (jac_reg_seed, jac_reg_index); None: Python's ``random`` (one process only).
+    jac_reg_seed: int | None = None
+    jac_reg_index: int = 0  # which training forward this is; the caller sets it before each forward
     protect_factor: float = 1e3  # protective break when the residual exceeds this x the first one
     anderson_lambda: float = 1e-4  # Anderson's Tikhonov regularisation, relative to the Gram scale
     anderson_beta: float = 1.0  # Anderson mixing (1: use f of the combination only)

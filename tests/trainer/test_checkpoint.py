@@ -173,7 +173,7 @@ def test_resume_never_and_explicit_path(tmp_path):
     for step in (1, 2):
         train_steps(engine, 1)
         ckpt.save(engine, step, {"step": step})
-    assert checkpointer(replace(cfg, resume="never")).find_resume() is None
+    assert checkpointer(replace(cfg, resume="never", dir=str(tmp_path / "empty"))).find_resume() is None
     explicit = str(Path(cfg.dir) / "step_000000001")
     assert checkpointer(replace(cfg, resume=explicit)).find_resume().step == 1
     (Path(explicit) / store.MARKER).unlink()
@@ -260,4 +260,5 @@ def test_extra_files_written_during_save_are_committed_and_verified(tmp_path):
     marker = json.loads((ckpt.tag_dir(1) / store.MARKER).read_text())
     assert "model.pt" in marker["files"] and marker["files"]["model.pt"]["sha256"]
     (ckpt.tag_dir(1) / "model.pt").write_bytes(b"garbage")
-    assert checkpointer(cfg).find_resume() is None  # the only checkpoint no longer verifies
+    with pytest.raises(TrainerError, match="none can be resumed"):  # the only checkpoint no longer verifies
+        checkpointer(cfg).find_resume()

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import store
+from trainer.checkpoint import ownership, store
 from trainer.checkpoint.compat import check_compatible
-from trainer.checkpoint.files import atomic_write_json, describe_files, install_safe_loader
+from trainer.checkpoint.files import DurableWrites, atomic_write_json, describe_files, install_safe_loader
+from trainer.checkpoint.lock import RunLock
 from trainer.checkpoint.rng import capture_rng_state, restore_rng_state
 from trainer.config.schema import CheckpointConfig
 from trainer.errors import TrainerError
@@ -25,8 +27,9 @@ from trainer.fault.collectives import any_rank, barrier, broadcast_from_rank0
 log = logging.getLogger(__name__)
 
 # Test-only fault injection: "STEP" or "STEP:RANK" makes that rank die (os._exit) in the middle of
-# the save at STEP: after DeepSpeed wrote its files, before the commit marker. Under torchrun it
-# fires only in the first generation (TORCHELASTIC_RESTART_COUNT 0), so a restarted job can finish.
+# the save at STEP: after it wrote (and fsynced) all its files, before the barrier that precedes the
+# commit marker; "STEP:RANK:kill" SIGKILLs it there instead. Under torchrun it fires only in the
+# first generation (TORCHELASTIC_RESTART_COUNT 0), so a restarted job can finish.
 CRASH_IN_SAVE_ENV = "MDEQ_TEST_CRASH_IN_SAVE"
 CRASH_IN_SAVE_EXIT_CODE = 86
 
@@ -57,11 +60,14 @@ class Checkpointer:
 
     One instance per rank, built from ``cfg`` (the ``checkpoint`` config section). ``config`` is the
     resolved run config as a plain dict (``dataclasses.asdict(cfg)``): it is stored in every marker
-    and compared on resume to refuse breaking changes.
+    and compared on resume to refuse breaking changes. ``run_id`` names this run in every marker
+    (default: a fresh one; a resume adopts the resumed checkpoint's). The first ``find_resume``
+    takes the folder's run lock (rank 0) and claims the folder (``ownership.claim_folder``);
+    ``close()`` releases the lock - call it when the run ends, also on errors.
     """
 
     def __init__(self, cfg: CheckpointConfig, *, rank: int, world_size: int, config_hash: str,
-                 config: dict[str, Any] | None = None, best_mode: str | None = None):
+                 config: dict[str, Any] | None = None, best_mode: str | None = None, run_id: str | None = None):
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
@@ -71,6 +77,10 @@ class Checkpointer:
         self.root = Path(cfg.dir)
         self._last_save_time = time.monotonic()
         self.last_committed: store.ResumePoint | None = None
+        self.run_id = run_id or ownership.new_run_id()  # rank 0's is broadcast by find_resume
+        self._lock: RunLock | None = None
+        self._claimed = False
+        self._durable = DurableWrites()
 
     check_compatible = staticmethod(check_compatible)  # (saved_config, config): raises naming breaking keys
 
@@ -81,24 +91,34 @@ class Checkpointer:
         """The checkpoint to resume from, honouring ``cfg.resume`` (collective when distributed).
 
         ``never``: None. ``auto``: the newest committed checkpoint in ``cfg.dir`` whose files all
-        verify; uncommitted or damaged ones are skipped with a warning; None when there is none.
-        A path (a ``step_*`` directory, or a directory of them): that checkpoint, or TrainerError.
-        Rank 0 scans and broadcasts its choice so every rank loads the same one. Raises
-        TrainerError naming the keys when the saved config cannot be resumed by this config.
+        verify; uncommitted or damaged ones are skipped with a warning; None when nothing was ever
+        committed there; TrainerError listing the reasons when checkpoints were committed but none
+        verifies (a run never silently starts over). A path (a ``step_*`` directory, or a directory
+        of them): that checkpoint, or TrainerError. Rank 0 decides and broadcasts, so every rank
+        loads the same one. Raises TrainerError naming the keys when the saved config cannot be
+        resumed by this config.
+
+        The first call also takes the run lock of ``cfg.dir`` and claims it for this run (see
+        ``ownership.claim_folder``): another live run there, or another run's committed checkpoints,
+        end in a TrainerError. Later calls (rollback after divergence) return this run's newest
+        checkpoint that verifies.
         """
-        if self.cfg.resume == "never":
-            return None
         found: dict[str, Any] | None = None
         error: str | None = None
         if self.rank == 0:
             try:
-                point = self._scan()
+                point = self._open() if not self._claimed else self._newest_own()
                 found = dataclasses.asdict(point) if point is not None else None
             except TrainerError as err:
                 error = str(err)
-        found, error = broadcast_from_rank0((found, error))
+            except (ImportError, OSError) as err:  # the environment, not the checkpoint: say so, on every rank
+                error = (f"cannot read the checkpoints in {self.root}: {type(err).__name__}: {err}. This is an "
+                         "error of the installation or the filesystem, not a damaged checkpoint; fix it and relaunch")
+        found, run_id, error = broadcast_from_rank0((found, self.run_id, error))
         if error:
+            self.close()
             raise TrainerError(error)
+        self.run_id, self._claimed = run_id, True
         if found is None:
             return None
         point = store.ResumePoint(**found)
@@ -106,10 +126,33 @@ class Checkpointer:
             check_compatible(point.config, self.config)
         return point
 
+    def _open(self) -> store.ResumePoint | None:
+        """Rank 0, first call: lock the folder, choose the resume point, adopt its run, claim the folder."""
+        if self._lock is None:
+            self._lock = RunLock(self.root, stale_after_seconds=getattr(self.cfg, "lock_stale_seconds", 600.0))
+            self._lock.acquire()
+        point = None if self.cfg.resume == "never" else self._scan()
+        if point is not None:
+            self.run_id = point.run_id
+        ownership.claim_folder(self.root, self.run_id, resuming=point is not None,
+                               move_aside=getattr(self.cfg, "move_other_runs_aside", False))
+        return point
+
+    def _newest_own(self) -> store.ResumePoint | None:
+        point, _ = store.scan(self.root, check_hash=getattr(self.cfg, "verify_hash", True), run_id=self.run_id)
+        return point
+
     def _scan(self) -> store.ResumePoint | None:
         check_hash = getattr(self.cfg, "verify_hash", True)
         if self.cfg.resume == "auto":
-            return store.newest_valid(self.root, check_hash=check_hash)
+            point, rejected = store.scan(self.root, check_hash=check_hash)
+            if point is None and rejected:
+                reasons = "; ".join(f"{d.name}: {why}" for d, why in rejected)
+                raise TrainerError(
+                    f"checkpoint.resume=auto: {self.root} holds committed checkpoints but none can be resumed "
+                    f"({reasons}). Nothing was started over from step 0. Fix or restore them, resume an older "
+                    "copy with checkpoint.resume=PATH, or start a new run with another checkpoint.dir.")
+            return point
         path = Path(self.cfg.resume)
         if not path.is_dir():
             raise TrainerError(f"checkpoint.resume={self.cfg.resume!r}: no such directory; give a step_* "
@@ -124,6 +167,12 @@ class Checkpointer:
             return store.verify(path, check_hash=check_hash)
         except store.InvalidCheckpoint as why:
             raise TrainerError(f"checkpoint.resume={self.cfg.resume!r} cannot be used: {why}") from None
+
+    def close(self) -> None:
+        """Release the run lock (idempotent; every rank may call it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def load(self, engine: Any, point: store.ResumePoint) -> dict[str, Any]:
         """Load ``point`` into ``engine`` (collective); restore this rank's RNG; return its client state.
@@ -206,48 +255,79 @@ class Checkpointer:
         skip = False
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            if store.is_committed(tag_dir):
-                skip = True
-            elif tag_dir.exists():
-                log.warning("removing unfinished checkpoint %s before saving it again", tag_dir)
-                store.remove_checkpoint(tag_dir)
+            skip = self._clear_for_save(tag_dir)
         if broadcast_from_rank0(skip):
             return False
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"mdeq_step": step}, save_latest=False)
-        if write_extra is not None:
-            write_extra(tag_dir)
+        # Durable before the barrier: every file this rank wrote (DeepSpeed's, write_extra's, its
+        # client JSON) and the folders holding them are fsynced, so once the marker exists a machine
+        # crash cannot leave it pointing at a missing or short file.
+        with self._durable.around(tag_dir):
+            engine.save_checkpoint(str(self.root), tag=tag, client_state={"mdeq_step": step}, save_latest=False)
+            if write_extra is not None:
+                write_extra(tag_dir)
         (tag_dir / store.CLIENT_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_json(tag_dir / store.client_file(self.rank), {
             "rank": self.rank, "world_size": self.world_size, "step": step,
             "client_state": client_state, "rng": capture_rng_state(),
         })
+        self._durable.finish(tag_dir)  # (the client JSON fsynced itself and client/)
         self._maybe_crash(step)
         barrier()  # every rank's files are on disk
         if self.rank == 0:
             marker = {
-                "format_version": store.FORMAT_VERSION, "tag": tag, "step": step,
+                "format_version": store.FORMAT_VERSION, "tag": tag, "step": step, "run_id": self.run_id,
                 "world_size": self.world_size, "zero_stage": _zero_stage(engine),
                 "config_hash": self.config_hash, "config": self.config, "metric": metric,
                 "client_state": client_state, "committed_at": time.time(),
                 "files": describe_files(tag_dir, with_hash=getattr(self.cfg, "verify_hash", True)),
             }
             atomic_write_json(tag_dir / store.MARKER, marker)
-            deleted = store.apply_retention(self.root, self.cfg.keep_last, self.cfg.keep_best, self.best_mode)
+            deleted = store.apply_retention(self.root, self.cfg.keep_last, self.cfg.keep_best, self.best_mode,
+                                            run_id=self.run_id)
             if deleted:
                 log.info("retention deleted %s", ", ".join(d.name for d in deleted))
         barrier()  # nobody exits (e.g. on preemption) before the marker is written
         self._last_save_time = time.monotonic()
         self.last_committed = store.ResumePoint(
             path=str(tag_dir), tag=tag, step=step, world_size=self.world_size, zero_stage=_zero_stage(engine),
-            config_hash=self.config_hash, config=self.config, metric=metric, client_state=client_state)
+            config_hash=self.config_hash, config=self.config, metric=metric, client_state=client_state,
+            run_id=self.run_id)
         return True
+
+    def _clear_for_save(self, tag_dir: Path) -> bool:
+        """Rank 0: True when this run already committed ``tag_dir`` intact; else make room for the save.
+
+        An unfinished save is removed; this run's own damaged commit is replaced; anything committed
+        by another run (or with an unreadable marker) is moved aside, never deleted.
+        """
+        if not tag_dir.exists():
+            return False
+        owner = store.committed_owner(tag_dir)
+        if owner == self.run_id:
+            try:
+                store.verify(tag_dir, check_hash=False)
+                return True
+            except store.InvalidCheckpoint as why:
+                log.warning("replacing this run's damaged checkpoint %s (%s)", tag_dir, why)
+        elif store.is_committed(tag_dir):
+            target = ownership.set_aside_folder(self.root, f"{owner or 'unreadable-marker'}")
+            log.warning("%s was committed by %s, not this run (%s): moving it to %s", tag_dir,
+                        f"run {owner}" if owner else "an unreadable marker", self.run_id, target)
+            ownership.move_folder(tag_dir, target)
+            return False
+        else:
+            log.warning("removing unfinished checkpoint %s before saving it again", tag_dir)
+        store.remove_checkpoint(tag_dir)
+        return False
 
     def _maybe_crash(self, step: int) -> None:
         spec = os.environ.get(CRASH_IN_SAVE_ENV)
         if not spec:
             return
-        at_step, _, at_rank = spec.partition(":")
+        at_step, at_rank, how = (spec.split(":") + ["", ""])[:3]
         first_generation = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         if int(at_step) == step and int(at_rank or 0) == self.rank and first_generation:
             log.error("%s=%s: dying in the middle of the save (test fault injection)", CRASH_IN_SAVE_ENV, spec)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             os._exit(CRASH_IN_SAVE_EXIT_CODE)

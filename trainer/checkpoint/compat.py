@@ -75,7 +75,9 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any]) -> No
         detail = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in breaking)
         raise TrainerError(
             f"cannot resume: the config changed in ways a checkpoint cannot follow ({detail}). Restore "
-            "these keys, or start a new run with another checkpoint.dir (or checkpoint.resume=never).")
+            "these keys, or start a new run with another checkpoint.dir (or, keeping this one, "
+            "checkpoint.resume=never with checkpoint.move_other_runs_aside=true: the old checkpoints are moved "
+            "to <checkpoint.dir>/set-aside/, not deleted).")
     if other:
         log.warning("resuming with changed keys %s: allowed, but the run will differ from an "
                     "uninterrupted one", ", ".join(other))

@@ -1,5 +1,7 @@
 """File-level helpers: atomic writes, content digests, and a no-unpickling safety scan.
 
+Atomic, durable writes come from ``data_pipelines.atomic`` (one helper for shards and checkpoints).
+
 DeepSpeed 0.19.8 reads its checkpoint files with ``torch.load(..., weights_only=False)`` (its
 ``TorchCheckpointEngine.load``), i.e. full unpickling. ``install_safe_loader`` swaps that method on
 an engine for ``weights_only=True`` with the two DeepSpeed classes its files need allow-listed, and
@@ -8,8 +10,8 @@ an engine for ``weights_only=True`` with the two DeepSpeed classes its files nee
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import pickle
 import zipfile
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_pipelines import atomic
 
 # Classes DeepSpeed pickles into its ZeRO optimizer files (an Enum, plain attribute holders).
 # Restoring them with weights_only=True sets attributes only: it runs no code from the file.
@@ -41,33 +45,9 @@ def _safe_global_objects() -> list[Any]:
     return objects
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/creation in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``data`` as JSON at ``path``: whole or not at all, durable (see ``data_pipelines.atomic``)."""
+    atomic.atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -118,3 +98,50 @@ def install_safe_loader(engine: Any) -> None:
         return
     checkpoint_engine.load = lambda path, map_location=None: safe_torch_load(path, map_location)
     checkpoint_engine._mdeq_safe = True
+
+
+class DurableWrites:
+    """Makes the files one rank writes into a checkpoint durable before the commit.
+
+    ``around(tag_dir)`` (a context manager around DeepSpeed's save and ``write_extra``) fsyncs every
+    file that appeared or changed in ``tag_dir`` while it was open: DeepSpeed's ``torch.save`` and
+    most ``write_extra`` callbacks leave their bytes in the page cache. (Files other ranks wrote
+    meanwhile may be fsynced too: harmless.) ``finish(tag_dir)`` then fsyncs the folders whose
+    entries were created; after it, a machine crash cannot lose what this rank wrote.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+
+    @staticmethod
+    def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+        # Other ranks write into the same folder meanwhile: their temporary files may vanish under us.
+        found = {}
+        for path in root.rglob("*"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                found[path] = (info.st_size, info.st_mtime_ns)
+        return found
+
+    def around(self, root: Path):
+        @contextlib.contextmanager
+        def scope():
+            before = self._snapshot(root) if root.is_dir() else {}
+            yield
+            for path, info in self._snapshot(root).items():
+                if before.get(path) != info:
+                    try:
+                        atomic.fsync_file(path)
+                    except FileNotFoundError:
+                        continue  # another rank's temporary file, renamed meanwhile
+                    self.written.append(path)
+
+        return scope()
+
+    def finish(self, tag_dir: Path) -> None:
+        for folder in sorted({p.parent for p in self.written} | {tag_dir, tag_dir.parent}, reverse=True):
+            atomic.fsync_dir(folder)
+        self.written.clear()

@@ -112,6 +112,8 @@ class CheckpointConfig:
     grace_seconds: float = rng(20.0, gt=0.0)  # time allowed to save after SIGTERM/SIGUSR1
     best_mode: Literal["max", "min"] = "max"  # keep_best: is a higher metric passed to save() better
     verify_hash: bool = True  # record and check a SHA-256 of every checkpoint file (detects corruption)
+    move_other_runs_aside: bool = False  # opt-in: move another run's checkpoints in dir to dir/set-aside/ (else refuse)
+    lock_stale_seconds: float = rng(600.0, gt=0.0)  # a run lock held from another host without heartbeat this long is stale
 
 
 @dataclass
