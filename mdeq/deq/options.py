@@ -44,6 +44,11 @@ class DEQOptions:
     anderson_lambda: float = 1e-4  # Anderson's Tikhonov regularisation, relative to the Gram scale
     anderson_beta: float = 1.0  # Anderson mixing (1: use f of the combination only)
     fixed_point_damping: float = 1.0  # z <- z + damping (f(z) - z) for the fixed_point solver
+    stop_check_every: int = 0  # f evaluations between host reads of the stop flag; 0: per device
+    # (CPU 1, CUDA mdeq.deq.fastpath.CUDA_STOP_CHECK_EVERY). Results do not depend on it.
+    compile_f: str = "off"  # torch.compile f on CUDA: off | default | reduce-overhead (CUDA graphs) | max-autotune...
+    cudnn_benchmark: bool = True  # on CUDA: cuDNN autotuning (the solve's shapes are fixed)
+    tf32: bool = False  # on CUDA: TF32 matmuls/convolutions in fp32 (False keeps fp32 numerics)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +68,12 @@ class DEQOptions:
         for name in ("f_max_iter", "b_max_iter", "history", "unrolled_steps", "phantom_steps"):
             if int(getattr(self, name)) < 1:
                 raise MDEQError(f"deq.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.stop_check_every) < 0:
+            raise MDEQError(f"deq.stop_check_every must be >= 0 (0: the device's default), got {self.stop_check_every}")
+        from mdeq.deq.fastpath import COMPILE_MODES
+
+        if self.compile_f not in COMPILE_MODES:
+            raise MDEQError(f"deq.compile_f={self.compile_f!r} is unknown; use one of {', '.join(COMPILE_MODES)}")
         if not 0.0 < self.phantom_damping <= 1.0:
             raise MDEQError(f"deq.phantom_damping must be in (0, 1], got {self.phantom_damping}")
         if not 0.0 <= self.jac_reg_prob <= 1.0 or self.jac_reg_weight < 0.0:

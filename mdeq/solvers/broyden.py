@@ -29,18 +29,20 @@ from mdeq.solvers.lowrank import combine_rows_minus, dot_rows
 def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int, tol: float,
             stop_mode: str = "rel", history: int = 8, state_dtype: torch.dtype = torch.float32,
             branch_sizes: Sequence[int] | None = None, protect_factor: float = 1e3,
+            stop_check_every: int = 1,
             ) -> tuple[torch.Tensor, SolverStats]:
     """Find z = f(z) from z0 (B, D); see mdeq.solvers.base for the shared signature."""
     check_common(max_iter, tol, history)
     tracker = ResidualTracker(z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                              branch_sizes=branch_sizes, protect_factor=protect_factor)
+                              branch_sizes=branch_sizes, protect_factor=protect_factor,
+                              stop_check_every=stop_check_every)
     dtype = work_dtype(z0)
     batch, dim = z0.shape
     z = z0.to(dtype)
     fz = f(z).to(dtype)
     g = fz - z  # (B, D) residual g(z)
     if tracker.observe(z, fz, g) or max_iter <= 2:
-        if max_iter == 2 and not tracker.converged and not tracker.protective_break:
+        if max_iter == 2 and not tracker.stop_requested():
             z = fz
             tracker.observe(z, f(z).to(dtype))
         return tracker.result()
