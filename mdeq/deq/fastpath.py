@@ -51,10 +51,14 @@ class CompiledF:
         self.failed = False
 
     def use_compiled(self, z: torch.Tensor) -> bool:
-        """Whether this call may run compiled (records the call's key; the first at a key runs eager)."""
-        if self.mode == "off" or self.failed or z.device.type != "cuda":
-            return False
+        """Whether this call of f on z may run compiled."""
         key = (tuple(z.shape), z.dtype, torch.is_grad_enabled(), torch.is_autocast_enabled(z.device.type))
+        return self.decide(key, z.device.type)
+
+    def decide(self, key: tuple, device_type: str) -> bool:
+        """Compiled for a call at ``key`` on ``device_type``? Records the key: the first call at a key runs eager."""
+        if self.mode == "off" or self.failed or device_type != "cuda":
+            return False
         if key in self.seen:
             return True
         if len(self.seen) < MAX_COMPILED_KEYS:
