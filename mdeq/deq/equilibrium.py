@@ -145,9 +145,9 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
 
     No reference cycle: the hook sits on a view of z_out (the alias), not on z_out itself, so nothing
     z_out owns points back at the closure; and the closure drops z_out / z_in once it has run. So
-    z*, the f step's output and its graph die by reference counting as soon as the backward is done
-    (with a cycle they waited for the garbage collector: ~0.2 GB at imagenet-large batch 32). One
-    backward per forward: a second one through the same graph raises.
+    z*, the f step's output and its graph die by reference counting as soon as the backward is done,
+    not at the next garbage collection. One backward per forward: a second one through the same
+    graph raises.
     """
     solver = get_solver(options.b_solver)
     refs = {"z_out": z_out, "z_in": z_in}  # cleared after the hook has run

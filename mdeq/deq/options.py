@@ -36,8 +36,8 @@ class DEQOptions:
     compute_dtype: torch.dtype | None = None  # autocast dtype of f; None: the caller's autocast, if any
     state_dtype: torch.dtype = torch.float32  # dtype of the solver's low-rank factors / history
     fp32_final_step: bool = True  # the differentiable f step at z* (so every VJP of the implicit
-    # backward) runs without autocast: a bf16 solve, fp32-quality gradients (cosine 0.997 vs 0.985
-    # with a bf16 backward on the test MDEQ). False: the backward runs in compute_dtype too (faster).
+    # backward) runs without autocast: a bf16 solve with fp32-quality gradients (docs/solvers.md).
+    # False: the backward runs in compute_dtype too (faster).
     jac_reg_weight: float = 0.0  # gamma: weight of the Hutchinson ||J_f||_F^2 estimate (0: off)
     jac_reg_prob: float = 0.0  # probability of adding the Jacobian term on a training forward
     protect_factor: float = 1e3  # protective break when the residual exceeds this x the first one

@@ -7,7 +7,7 @@ dG dG^T in fp32 (one new row per step). The next iterate is
 s the mean diagonal of the Gram (so lambda is scale-free). Storing differences rather than the
 iterates themselves keeps bf16 storage from rounding the iterate. The system is solved with
 ``torch.linalg.solve_ex`` (never raises); where it fails or gives non-finite values the sample takes
-a plain fixed-point step instead — the released code crashed on singular systems here.
+a plain fixed-point step instead, so a singular system never ends the solve.
 """
 
 from __future__ import annotations

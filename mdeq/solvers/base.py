@@ -149,7 +149,7 @@ class ResidualTracker:
         row = self.rows[self.nfe - 1]
         torch.mean(per_sample, 0, out=row)
         mean_res = row[0]
-        # the host rule of the released solver, in order: non-finite, else converged, else diverged
+        # the stop rule, in order: non-finite, else every sample converged, else diverged
         nonfinite = ~torch.isfinite(mean_res)
         converged = (self.best_res.max() < self.tol) & ~nonfinite
         if self.nfe == 1:

@@ -12,8 +12,7 @@ H g_new and dz^T H as one baddbmm each) and a handful of (B, D) passes. The upda
 closed form so no H dg or u temporaries are formed: with s = dz and H g_old = -s (minus the
 dropped pair's term), s - H dg = -(H g_new + u_old (v_old . g_old)); the denominator s^T H dg is
 v . dg with dg formed explicitly (see the comment there). On CPU the (B, D) passes are
-memory-bound, so every avoided temporary is a measurable part of a cifar-small step
-(docs/benchmarks.md, issue 4).
+memory-bound, so every avoided temporary counts (figures in docs/solvers.md).
 """
 
 from __future__ import annotations
@@ -71,8 +70,7 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         v = combine_rows_minus(vs, n_pairs, ud, dz)  # (B, D) dz^T H'
         v_g_new = torch.linalg.vecdot(v, g_new)  # (B,)
         # dz^T H' dg as v . (g_new - g), not v.g_new - v.g: near convergence g_new ~ g and the
-        # difference of the two products cancels catastrophically (it made two ZeRO stages' 1e-8
-        # weight differences 1e-5 after 4 steps in tests/trainer/test_train_integration.py)
+        # difference of the two products cancels catastrophically
         denom = torch.linalg.vecdot(v, g_new - g)  # (B,)
         safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
         scale = torch.where(safe, -1.0 / torch.where(safe, denom, 1.0), 0.0)[:, None]  # (B, 1)
