@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-check-every", type=int, default=0,
                         help="f evaluations between host reads of the solver stop flag (0: the device's default)")
     parser.add_argument("--compile-f", default="off", help="CUDA only: torch.compile mode of f (off: eager)")
-    parser.add_argument("--tf32", action="store_true", help="CUDA only: TF32 matmuls/convolutions in fp32")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA only: full fp32 convolutions (no TF32)")
     parser.add_argument("--no-cudnn-benchmark", action="store_true", help="CUDA only: no cuDNN autotuning")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (images/s only)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
         options.f_tol = args.f_tol
     options.stop_check_every = getattr(args, "stop_check_every", 0)
     options.compile_f = getattr(args, "compile_f", "off")
-    options.tf32 = getattr(args, "tf32", False)
+    options.tf32 = not getattr(args, "no_tf32", False)
     options.cudnn_benchmark = not getattr(args, "no_cudnn_benchmark", False)
     options.validate()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

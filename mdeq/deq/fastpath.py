@@ -9,6 +9,8 @@
   change), later calls at that key go through the compiled f; after ``MAX_COMPILED_KEYS`` distinct
   keys f stays eager (no recompilation storm), and if compiling fails f stays eager with a warning.
 - ``cudnn_benchmark`` and ``tf32``: set explicitly on CUDA (global torch flags) before a solve.
+  ``tf32`` is for convolutions (f's arithmetic; cuDNN's own default is on); matmuls, i.e. the
+  solvers' inner products and low-rank updates, always stay full fp32.
 
 None of the CUDA values is calibrated yet: docs/benchmarks.md lists the GPU run that measures them.
 """
@@ -33,12 +35,12 @@ def stop_check_every(requested: int, device: torch.device) -> int:
 
 
 def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
-    """Set cuDNN autotuning and TF32 (matmul and convolution) explicitly; nothing off CUDA."""
+    """Set cuDNN autotuning and TF32 convolutions explicitly, fp32 matmuls; nothing off CUDA."""
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the solvers' products need fp32 accuracy
 
 
 class CompiledF:

@@ -48,7 +48,7 @@ class DEQOptions:
     # (CPU 1, CUDA mdeq.deq.fastpath.CUDA_STOP_CHECK_EVERY). Results do not depend on it.
     compile_f: str = "off"  # torch.compile f on CUDA: off | default | reduce-overhead (CUDA graphs) | max-autotune...
     cudnn_benchmark: bool = True  # on CUDA: cuDNN autotuning (the solve's shapes are fixed)
-    tf32: bool = False  # on CUDA: TF32 matmuls/convolutions in fp32 (False keeps fp32 numerics)
+    tf32: bool = True  # on CUDA: TF32 convolutions where fp32 is asked for (cuDNN's default); matmuls stay fp32
 
     def __post_init__(self) -> None:
         self.validate()

@@ -76,9 +76,10 @@ def test_on_the_cpu_the_switches_change_nothing():
 def test_configure_backends_sets_tf32_and_autotuning_explicitly_on_cuda():
     before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
+        torch.backends.cuda.matmul.allow_tf32 = True
         fastpath.configure_backends(torch.device("cuda"), cudnn_benchmark=True, tf32=True)
-        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32  # the solvers' products stay fp32
         fastpath.configure_backends(torch.device("cuda"), cudnn_benchmark=False, tf32=False)
         assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
         assert not torch.backends.cudnn.allow_tf32

@@ -19,9 +19,14 @@ REQUEST = PlanRequest("tiny", 1, 16, 16, deq=DEQOptions(f_max_iter=3, b_max_iter
 
 
 @functools.cache
+def _plan_of_batch(batch: int):
+    return plan_memory(replace(REQUEST, batch_size=batch))
+
+
 def _plan(request: PlanRequest):
-    """plan_memory, once per request for the whole module (a dry run takes seconds)."""
-    return plan_memory(request)
+    """plan_memory of REQUEST at the request's batch, once per batch for the module (a dry run takes seconds)."""
+    assert replace(request, batch_size=1) == REQUEST
+    return _plan_of_batch(request.batch_size)
 
 
 def _need(batch: int, overhead: GpuOverhead) -> int:

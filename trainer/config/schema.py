@@ -168,7 +168,7 @@ class DEQConfig:
     stop_check_every: int = rng(0, ge=0)  # f evaluations between host reads of the solver's stop flag; 0: per device
     compile_f: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "off"
     cudnn_benchmark: bool = True  # CUDA only: cuDNN autotuning of f's convolutions
-    tf32: bool = False  # CUDA only: TF32 matmuls/convolutions where fp32 is asked for
+    tf32: bool = True  # CUDA only: TF32 convolutions where fp32 is asked for (matmuls stay fp32)
 
 
 @dataclass
