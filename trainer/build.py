@@ -135,7 +135,8 @@ def deq_options(cfg: Config, spec=None):
         phantom_steps=deq.phantom_steps, phantom_damping=deq.phantom_damping,
         compute_dtype=compute_dtype(cfg), state_dtype=DTYPES[deq.precision.state],
         jac_reg_weight=deq.jac_reg_weight, jac_reg_prob=deq.jac_reg_prob,
-        jac_reg_seed=cfg.train.seed)  # the draw: a function of (seed, forward index), the same on every rank
+        stop_check_every=deq.stop_check_every, compile_f=deq.compile_f, cudnn_benchmark=deq.cudnn_benchmark,
+        tf32=deq.tf32, jac_reg_seed=cfg.train.seed)  # the draw: a function of (seed, forward index), the same on every rank
 
 
 def pretrain_steps(cfg: Config, spec=None) -> int:

@@ -3,6 +3,7 @@
     mdeq plan --model imagenet-small --batch 32 --res 224 --precision bf16 --zero-stage 2 --world 8
     mdeq plan --config configs/imagenet/large.yaml --world 16        # values from a recipe
     mdeq plan --model tiny --batch 8 --res 32 --measure               # also run real steps and compare
+    mdeq plan --model imagenet-large --res 224 --precision bf16 --fit-memory 80   # largest batch in 80 GiB
 
 The breakdown comes from ZeRO arithmetic (weights, gradients, optimizer state) and a dry run of
 the real training step on the meta device (activations, solver buffers, implicit-backward extras);
@@ -48,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrain", action="store_true", help="plan a warm-up step (unrolled f) instead")
     parser.add_argument("--measure", action="store_true",
                         help="also run real fp32 steps on this machine (ZeRO-0, one process) and compare")
+    parser.add_argument("--fit-memory", type=float, metavar="GIB",
+                        help="answer the largest batch per device whose plan plus the GPU overhead fits GIB GiB "
+                             "(--batch is ignored)")
+    parser.add_argument("--overhead-fixed-gib", type=float, default=None,
+                        help="GPU overhead outside the tensors (context, cuBLAS/cuDNN workspaces); "
+                             "default: an uncalibrated placeholder (mdeq/planner/fit.py)")
+    parser.add_argument("--overhead-fraction", type=float, default=None,
+                        help="allocator rounding/fragmentation as a fraction of the planned peak; "
+                             "default: an uncalibrated placeholder")
     parser.add_argument("--json", action="store_true", help="print the plan (and measurement) as JSON")
     parser.set_defaults(func=_run)
 
@@ -85,6 +95,8 @@ def build_request(args: argparse.Namespace):
             fields[key] = getattr(args, flag)
     if args.res is not None:
         fields["height"], fields["width"] = args.res
+    if getattr(args, "fit_memory", None) is not None:
+        fields["batch_size"] = 1  # searched by --fit-memory
     missing = [f"--{name}" for name, key in (("model", "model"), ("batch", "batch_size"), ("res", "height"))
                if key not in fields]
     if missing:
@@ -104,10 +116,44 @@ def build_request(args: argparse.Namespace):
     return PlanRequest(deq=deq, **fields)
 
 
+def _fit(args: argparse.Namespace, request) -> int:
+    """``--fit-memory``: the largest batch per device, with the overhead that was assumed."""
+    from mdeq.errors import MDEQError
+    from mdeq.planner import format_plan
+    from mdeq.planner.fit import GIB, GpuOverhead, largest_batch
+
+    placeholder = GpuOverhead.PLACEHOLDER
+    custom = args.overhead_fixed_gib is not None or args.overhead_fraction is not None
+    fixed = args.overhead_fixed_gib if args.overhead_fixed_gib is not None else placeholder.fixed_bytes / GIB
+    fraction = args.overhead_fraction if args.overhead_fraction is not None else placeholder.fraction
+    if fixed < 0 or not 0 <= fraction < 1:
+        raise MDEQError(f"--overhead-fixed-gib must be >= 0 and --overhead-fraction in [0, 1), got {fixed}, {fraction}")
+    overhead = GpuOverhead(int(fixed * GIB), fraction, calibrated=custom)
+    fit = largest_batch(request, int(args.fit_memory * GIB), overhead)
+    if args.json:
+        print(json.dumps({"request": {k: v for k, v in request.__dict__.items() if k not in ("deq", "batch_size")},
+                          "fit": fit.as_dict()}, indent=2, default=str))
+        return 0 if fit.batch_size else 1
+    label = "given" if custom else "PLACEHOLDER, not calibrated on a GPU"
+    print(f"overhead assumed ({label}): {fixed:.2f} GiB + {fraction:.0%} of the planned peak")
+    if not fit.batch_size:
+        print(f"no batch fits {args.fit_memory:g} GiB: batch 1 needs {(fit.plan.peak + fit.overhead_bytes) / GIB:.2f} GiB")
+        return 1
+    print(f"largest batch per device in {args.fit_memory:g} GiB: {fit.batch_size} "
+          f"(needs {(fit.plan.peak + fit.overhead_bytes) / GIB:.2f} GiB: plan {fit.plan.peak / GIB:.2f} + "
+          f"overhead {fit.overhead_bytes / GIB:.2f})")
+    from dataclasses import replace
+
+    print(format_plan(fit.plan, replace(request, batch_size=fit.batch_size)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from mdeq.planner import format_plan, measure_peak_memory, plan_memory
 
     request = build_request(args)
+    if args.fit_memory is not None:
+        return _fit(args, request)
     plan = plan_memory(request)
     result: dict = {"request": {k: v for k, v in request.__dict__.items() if k != "deq"}, "plan": plan.as_dict()}
     measured = None

@@ -28,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--stop-check-every", type=int, default=0,
+                        help="f evaluations between host reads of the solver stop flag (0: the device's default)")
+    parser.add_argument("--compile-f", default="off", help="CUDA only: torch.compile mode of f (off: eager)")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA only: full fp32 convolutions (no TF32)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true", help="CUDA only: no cuDNN autotuning")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (images/s only)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense peak TFLOP/s for the MFU (default: the card's from mdeq.bench.flops, if known)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -45,6 +53,11 @@ def run(args: argparse.Namespace) -> dict:
     options.fp32_final_step = getattr(args, "backward_precision", "fp32") == "fp32"
     if args.f_tol is not None:
         options.f_tol = args.f_tol
+    options.stop_check_every = getattr(args, "stop_check_every", 0)
+    options.compile_f = getattr(args, "compile_f", "off")
+    options.tf32 = not getattr(args, "no_tf32", False)
+    options.cudnn_benchmark = not getattr(args, "no_cudnn_benchmark", False)
+    options.validate()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, labels = synthetic_batch(model, args.batch, args.res, device)
     times, f_nfe, b_nfe, f_res, b_res = [], [], [], [], []
@@ -97,7 +110,28 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
         result["device_name"] = torch.cuda.get_device_name(device)
+    result["images_per_s"] = result["samples_per_s"]
+    from mdeq.deq.fastpath import stop_check_every
+
+    result.update({"stop_check_every": stop_check_every(options.stop_check_every, device), "compile_f": options.compile_f,
+                   "tf32": options.tf32, "cudnn_benchmark": options.cudnn_benchmark})
+    if not getattr(args, "no_flops", False):  # after the timed steps: counting is slow and must not disturb them
+        result.update(throughput(model, images, labels, args, result))
     return result
+
+
+def throughput(model, images, labels, args: argparse.Namespace, result: dict) -> dict:
+    """FLOPs per step (counted once, see mdeq.bench.flops), achieved TFLOP/s and MFU."""
+    from mdeq.bench.flops import count_step, peak_tflops
+
+    flops = count_step(model, images, labels, args.precision)
+    per_step = flops.for_step(result["f_nfe"], result["b_nfe"])
+    achieved = per_step / result["step_s_median"] / 1e12
+    peak = args.peak_tflops if getattr(args, "peak_tflops", None) else peak_tflops(
+        result.get("device_name"), args.precision, result["tf32"])
+    return {"flops_per_step": per_step, "flops_per_image": per_step / args.batch,
+            "f_eval_flops_per_image": flops.f_eval / args.batch, "tflops_per_s": achieved,
+            "peak_tflops": peak, "mfu": achieved / peak if peak else None}
 
 
 def _sync(device) -> None:

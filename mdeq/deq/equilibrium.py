@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mdeq.deq.fastpath import compiled_f, configure_backends, stop_check_every
 from mdeq.deq.options import DEQOptions
 from mdeq.errors import MDEQError
 from mdeq.solvers.base import SolverStats
@@ -72,7 +73,9 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
         raise MDEQError(f"solve_equilibrium mode={mode!r} is unknown; use equilibrium or unrolled")
     if z0.dim() != 2 or sum(branch_sizes) != z0.shape[1]:
         raise MDEQError(f"z0 must be (batch, sum(branch_sizes)={sum(branch_sizes)}), got {tuple(z0.shape)}")
-    step = _Step(f, f_args, _compute_dtype(options.compute_dtype, z0.device.type), z0.dtype)
+    configure_backends(z0.device, cudnn_benchmark=options.cudnn_benchmark, tf32=options.tf32)
+    fast_f = compiled_f(f, options.compile_f)
+    step = _Step(fast_f, f_args, _compute_dtype(options.compute_dtype, z0.device.type), z0.dtype)
     if mode == "unrolled":
         return _unrolled(step, z0, options.unrolled_steps, branch_sizes)
     if options.grad_mode == "unrolled":
@@ -81,7 +84,9 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
         z_star, f_stats = get_solver(options.f_solver)(
             step, z0.detach(), max_iter=options.f_max_iter, tol=options.f_tol, stop_mode=options.stop_mode,
             history=options.history, state_dtype=options.state_dtype, branch_sizes=branch_sizes,
-            protect_factor=options.protect_factor, **_solver_kwargs(options.f_solver, options))
+            protect_factor=options.protect_factor,
+            stop_check_every=stop_check_every(options.stop_check_every, z0.device),
+            **_solver_kwargs(options.f_solver, options))
     stats = _stats_from(f_stats)
     z_star = z_star.to(z0.dtype)
     if not torch.is_grad_enabled():
@@ -92,7 +97,8 @@ def solve_equilibrium(f: torch.nn.Module, z0: torch.Tensor, f_args: tuple = (), 
             z = torch.lerp(z, step(z), options.phantom_damping)
         return z, stats
     z_in = z_star.detach().requires_grad_()
-    final_step = _Step(f, f_args, None, z0.dtype) if options.fp32_final_step else step
+    # the differentiable step is always the eager module call (ZeRO-3's parameter hooks see it)
+    final_step = _Step(f, f_args, None if options.fp32_final_step else step.compute_dtype, z0.dtype)
     z_out = final_step(z_in)  # (B, D): the one differentiable f evaluation, an ordinary module call
     if not z_out.requires_grad:
         return z_out, stats  # nothing to differentiate (frozen f, no grad to z0)
@@ -147,9 +153,9 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
 
     No reference cycle: the hook sits on a view of z_out (the alias), not on z_out itself, so nothing
     z_out owns points back at the closure; and the closure drops z_out / z_in once it has run. So
-    z*, the f step's output and its graph die by reference counting as soon as the backward is done
-    (with a cycle they waited for the garbage collector: ~0.2 GB at imagenet-large batch 32). One
-    backward per forward: a second one through the same graph raises.
+    z*, the f step's output and its graph die by reference counting as soon as the backward is done,
+    not at the next garbage collection. One backward per forward: a second one through the same
+    graph raises.
     """
     solver = get_solver(options.b_solver)
     refs = {"z_out": z_out, "z_in": z_in}  # cleared after the hook has run
@@ -176,6 +182,7 @@ def _attach_adjoint_hook(z_out: torch.Tensor, z_in: torch.Tensor, options: DEQOp
                                 tol=options.b_tol, stop_mode=options.stop_mode, history=options.history,
                                 state_dtype=options.state_dtype, branch_sizes=branch_sizes,
                                 protect_factor=options.protect_factor,
+                                stop_check_every=stop_check_every(options.stop_check_every, grad.device),
                                 **_solver_kwargs(options.b_solver, options))
         refs.clear()
         stats.b_nfe = b_stats.nfe

@@ -36,8 +36,8 @@ class DEQOptions:
     compute_dtype: torch.dtype | None = None  # autocast dtype of f; None: the caller's autocast, if any
     state_dtype: torch.dtype = torch.float32  # dtype of the solver's low-rank factors / history
     fp32_final_step: bool = True  # the differentiable f step at z* (so every VJP of the implicit
-    # backward) runs without autocast: a bf16 solve, fp32-quality gradients (cosine 0.997 vs 0.985
-    # with a bf16 backward on the test MDEQ). False: the backward runs in compute_dtype too (faster).
+    # backward) runs without autocast: a bf16 solve with fp32-quality gradients (docs/solvers.md).
+    # False: the backward runs in compute_dtype too (faster).
     jac_reg_weight: float = 0.0  # gamma: weight of the Hutchinson ||J_f||_F^2 estimate (0: off)
     jac_reg_prob: float = 0.0  # probability of adding the Jacobian term on a training forward
     # The draw decides whether a forward runs the extra (double) backward, i.e. which collectives a
@@ -49,6 +49,11 @@ class DEQOptions:
     anderson_lambda: float = 1e-4  # Anderson's Tikhonov regularisation, relative to the Gram scale
     anderson_beta: float = 1.0  # Anderson mixing (1: use f of the combination only)
     fixed_point_damping: float = 1.0  # z <- z + damping (f(z) - z) for the fixed_point solver
+    stop_check_every: int = 0  # f evaluations between host reads of the stop flag; 0: per device
+    # (CPU 1, CUDA mdeq.deq.fastpath.CUDA_STOP_CHECK_EVERY). Results do not depend on it.
+    compile_f: str = "off"  # torch.compile f on CUDA: off | default | reduce-overhead (CUDA graphs) | max-autotune...
+    cudnn_benchmark: bool = True  # on CUDA: cuDNN autotuning (the solve's shapes are fixed)
+    tf32: bool = True  # on CUDA: TF32 convolutions where fp32 is asked for (cuDNN's default); matmuls stay fp32
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +73,12 @@ class DEQOptions:
         for name in ("f_max_iter", "b_max_iter", "history", "unrolled_steps", "phantom_steps"):
             if int(getattr(self, name)) < 1:
                 raise MDEQError(f"deq.{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.stop_check_every) < 0:
+            raise MDEQError(f"deq.stop_check_every must be >= 0 (0: the device's default), got {self.stop_check_every}")
+        from mdeq.deq.fastpath import COMPILE_MODES
+
+        if self.compile_f not in COMPILE_MODES:
+            raise MDEQError(f"deq.compile_f={self.compile_f!r} is unknown; use one of {', '.join(COMPILE_MODES)}")
         if not 0.0 < self.phantom_damping <= 1.0:
             raise MDEQError(f"deq.phantom_damping must be in (0, 1], got {self.phantom_damping}")
         if not 0.0 <= self.jac_reg_prob <= 1.0 or self.jac_reg_weight < 0.0:

@@ -6,9 +6,10 @@ no data, no compute) under :class:`DryRunMode`, which
 
 - counts live tensor bytes exactly like :class:`~mdeq.planner.live_bytes.LiveTensorBytes` does on a
   real device (same storages, same sizes, same lifetimes), and
-- answers the host syncs a solver makes (``.item()``, ``.tolist()``, ``bool(t)``) with 1.0: every
-  residual looks large and finite, so the forward and adjoint solves run to their iteration caps —
-  the worst case, which is also what the released ImageNet/Cityscapes settings do in practice.
+- answers the host syncs a solver makes: ``.item()`` / ``.tolist()`` of numbers with 1.0 (every
+  residual looks large and finite) and ``bool(t)`` with False (the solver's device-side stop flag
+  never reads as set), so the forward and adjoint solves run to their iteration caps — the worst
+  case, which is also what the released ImageNet/Cityscapes settings do in practice.
 
 Phases are told apart with hooks on the model's ``f`` module and the grad mode: the forward solve is
 f evaluated without grad; the f step at z* is the one f call with grad; then the head; inside
@@ -73,7 +74,7 @@ class DryRunMode(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is _SCALAR and args[0].device.type == "meta":
             dtype = args[0].dtype
-            return True if dtype == torch.bool else (1.0 if dtype.is_floating_point or dtype.is_complex else 1)
+            return False if dtype == torch.bool else (1.0 if dtype.is_floating_point or dtype.is_complex else 1)
         if func is _TO_COPY and args[0].device.type == "meta" and kwargs.get("device") is not None \
                 and torch.device(kwargs["device"]).type != "meta":
             # .tolist()/.cpu() of a meta tensor: a host copy filled with ones

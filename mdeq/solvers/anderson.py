@@ -7,7 +7,7 @@ dG dG^T in fp32 (one new row per step). The next iterate is
 s the mean diagonal of the Gram (so lambda is scale-free). Storing differences rather than the
 iterates themselves keeps bf16 storage from rounding the iterate. The system is solved with
 ``torch.linalg.solve_ex`` (never raises); where it fails or gives non-finite values the sample takes
-a plain fixed-point step instead — the released code crashed on singular systems here.
+a plain fixed-point step instead, so a singular system never ends the solve.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from mdeq.solvers.lowrank import combine_rows, dot_rows
 def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int, tol: float,
              stop_mode: str = "rel", history: int = 8, state_dtype: torch.dtype = torch.float32,
              branch_sizes: Sequence[int] | None = None, protect_factor: float = 1e3,
+             stop_check_every: int = 1,
              lam: float = 1e-4, beta: float = 1.0) -> tuple[torch.Tensor, SolverStats]:
     """Find z = f(z) from z0 (B, D); see mdeq.solvers.base for the shared signature."""
     check_common(max_iter, tol, history)
     tracker = ResidualTracker(z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                              branch_sizes=branch_sizes, protect_factor=protect_factor)
+                              branch_sizes=branch_sizes, protect_factor=protect_factor,
+                              stop_check_every=stop_check_every)
     dtype = work_dtype(z0)
     batch, dim = z0.shape
     slots = max(1, min(history, max_iter - 2))  # differences ever formed: one per step after the first

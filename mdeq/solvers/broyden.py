@@ -12,8 +12,7 @@ H g_new and dz^T H as one baddbmm each) and a handful of (B, D) passes. The upda
 closed form so no H dg or u temporaries are formed: with s = dz and H g_old = -s (minus the
 dropped pair's term), s - H dg = -(H g_new + u_old (v_old . g_old)); the denominator s^T H dg is
 v . dg with dg formed explicitly (see the comment there). On CPU the (B, D) passes are
-memory-bound, so every avoided temporary is a measurable part of a cifar-small step
-(docs/benchmarks.md, issue 4).
+memory-bound, so every avoided temporary counts (figures in docs/solvers.md).
 """
 
 from __future__ import annotations
@@ -29,18 +28,20 @@ from mdeq.solvers.lowrank import combine_rows_minus, dot_rows
 def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_iter: int, tol: float,
             stop_mode: str = "rel", history: int = 8, state_dtype: torch.dtype = torch.float32,
             branch_sizes: Sequence[int] | None = None, protect_factor: float = 1e3,
+            stop_check_every: int = 1,
             ) -> tuple[torch.Tensor, SolverStats]:
     """Find z = f(z) from z0 (B, D); see mdeq.solvers.base for the shared signature."""
     check_common(max_iter, tol, history)
     tracker = ResidualTracker(z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                              branch_sizes=branch_sizes, protect_factor=protect_factor)
+                              branch_sizes=branch_sizes, protect_factor=protect_factor,
+                              stop_check_every=stop_check_every)
     dtype = work_dtype(z0)
     batch, dim = z0.shape
     z = z0.to(dtype)
     fz = f(z).to(dtype)
     g = fz - z  # (B, D) residual g(z)
     if tracker.observe(z, fz, g) or max_iter <= 2:
-        if max_iter == 2 and not tracker.converged and not tracker.protective_break:
+        if max_iter == 2 and not tracker.stop_requested():
             z = fz
             tracker.observe(z, f(z).to(dtype))
         return tracker.result()
@@ -69,8 +70,7 @@ def broyden(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, max_
         v = combine_rows_minus(vs, n_pairs, ud, dz)  # (B, D) dz^T H'
         v_g_new = torch.linalg.vecdot(v, g_new)  # (B,)
         # dz^T H' dg as v . (g_new - g), not v.g_new - v.g: near convergence g_new ~ g and the
-        # difference of the two products cancels catastrophically (it made two ZeRO stages' 1e-8
-        # weight differences 1e-5 after 4 steps in tests/trainer/test_train_integration.py)
+        # difference of the two products cancels catastrophically
         denom = torch.linalg.vecdot(v, g_new - g)  # (B,)
         safe = denom.abs() > 1e-30  # a degenerate step skips its update instead of dividing by ~0
         scale = torch.where(safe, -1.0 / torch.where(safe, denom, 1.0), 0.0)[:, None]  # (B, 1)

@@ -16,8 +16,8 @@ def dot_rows(rows: torch.Tensor, n: int, x: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return x.new_zeros(x.shape[0], 0)
     if rows.dtype == x.dtype:
-        # x^T R^T as a (B, 1, D) x (B, D, n) product on R's transposed view: ~4x faster on CPU than
-        # the equivalent (B, n, D) x (B, D, 1) bmm, which MKL runs as a slow batched gemv
+        # x^T R^T as a (B, 1, D) x (B, D, n) product on R's transposed view: MKL runs the
+        # equivalent (B, n, D) x (B, D, 1) bmm as a slow batched gemv
         return torch.bmm(x.unsqueeze(1), rows[:, :n].transpose(1, 2)).squeeze(1)
     return torch.stack([torch.linalg.vecdot(rows[:, i].to(x.dtype), x) for i in range(n)], dim=1)
 
@@ -39,7 +39,7 @@ def combine_rows_minus(rows: torch.Tensor, n: int, coeff: torch.Tensor, x: torch
     """(B, D): -x + sum_i coeff[:, i] * rows[:, i] over the first n rows (a new tensor).
 
     One baddbmm (beta = -1) when the dtypes agree: a single pass that reads x and the rows and
-    writes the result, ~5x faster on CPU than negating x, a bmm and an add (three (B, D) temporaries).
+    writes the result, instead of negating x, a bmm and an add (three (B, D) temporaries).
     """
     if n > 0 and rows.dtype == coeff.dtype == x.dtype:
         return torch.baddbmm(x.unsqueeze(1), coeff[:, None, :n], rows[:, :n], beta=-1).squeeze(1)

@@ -29,9 +29,8 @@ def _block_problem(batch: int = 4, radius: float = 0.5, seed: int = 0):
     return lambda z: z @ weight.T + bias
 
 
-def _manual_residuals(f, z: torch.Tensor, rel: bool):
-    """(joint, abs, rel, per-branch) batch means of f's residual at z, computed from scratch."""
-    fz = f(z)
+def _manual_residuals(fz: torch.Tensor, z: torch.Tensor, rel: bool):
+    """(joint, abs, rel, per-branch) batch means of the residual fz - z, computed from scratch."""
     diff = fz - z
     abs_res = diff.norm(dim=1)
     rel_res = abs_res / (fz.norm(dim=1) + 1e-12)
@@ -48,20 +47,23 @@ def test_traces_hold_each_evaluated_iterate_and_end_at_the_returned_one(name, st
     seen = []
 
     def recording(z):
-        seen.append(z.clone())
-        return f(z)
+        # the fourth evaluation is spoiled, so the trace's iterate is not every sample's best there
+        fz = f(z) + (3.0 if len(seen) == 3 else 0.0)
+        seen.append((z.clone(), fz.clone()))
+        return fz
 
     z, stats = get_solver(name)(recording, torch.zeros(4, 8, dtype=torch.float64), max_iter=12, tol=1e-30,
                                 stop_mode=stop_mode, branch_sizes=BRANCHES, state_dtype=torch.float64)
     assert len(stats.branch_trace) == len(stats.abs_trace) == len(stats.rel_trace) == stats.nfe == len(seen)
-    for i, z_i in enumerate(seen):
-        joint, abs_mean, rel_mean, branch = _manual_residuals(f, z_i, stop_mode == "rel")
+    for i, (z_i, fz_i) in enumerate(seen):
+        joint, abs_mean, rel_mean, branch = _manual_residuals(fz_i, z_i, stop_mode == "rel")
         assert stats.residual_trace[i] == pytest.approx(joint, rel=1e-9)
         assert stats.abs_trace[i] == pytest.approx(abs_mean, rel=1e-9)
         assert stats.rel_trace[i] == pytest.approx(rel_mean, rel=1e-9)
         assert stats.branch_trace[i] == pytest.approx(branch, rel=1e-9)
     # branch_residuals: the same per-branch quantity, at the returned iterate
-    assert stats.branch_residuals == pytest.approx(_manual_residuals(f, z, stop_mode == "rel")[3], rel=1e-9)
+    assert stats.branch_residuals == pytest.approx(_manual_residuals(f(z), z, stop_mode == "rel")[3], rel=1e-9)
+    assert stats.branch_trace[3][0] > 10 * stats.branch_residuals[0]
 
 
 @pytest.mark.parametrize("name", SOLVERS)
@@ -72,6 +74,10 @@ def test_cap_and_converged_fraction(name):
     assert capped.hit_cap and capped.nfe == 4 and not capped.converged and capped.converged_fraction == 0.0
     _, done = get_solver(name)(f, z0, max_iter=300, tol=1e-10, branch_sizes=BRANCHES, state_dtype=torch.float64)
     assert done.converged and not done.hit_cap and done.converged_fraction == 1.0
+    # converging on the very last evaluation the cap allows is not hitting the cap
+    _, just = get_solver(name)(f, z0, max_iter=done.nfe, tol=1e-10, branch_sizes=BRANCHES,
+                               state_dtype=torch.float64)
+    assert just.converged and just.nfe == done.nfe and not just.hit_cap
 
 
 def test_converged_fraction_counts_the_samples_below_tol():

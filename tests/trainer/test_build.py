@@ -39,6 +39,17 @@ def test_deq_options_use_registry_values_where_config_is_null():
     assert fp32.compute_dtype is None
 
 
+def test_deq_speed_switches_reach_the_options():
+    defaults = build.deq_options(load_config(None, []))
+    assert (defaults.stop_check_every, defaults.compile_f, defaults.cudnn_benchmark, defaults.tf32) == (0, "off", True,
+                                                                                                         True)
+    cfg = load_config(None, ["deq.stop_check_every=3", "deq.compile_f=reduce-overhead", "deq.cudnn_benchmark=false",
+                             "deq.tf32=false"])
+    options = build.deq_options(cfg)
+    assert (options.stop_check_every, options.compile_f, options.cudnn_benchmark, options.tf32) == (
+        3, "reduce-overhead", False, False)
+
+
 def test_model_overrides_reach_the_model():
     cfg = load_config(None, ["model.name=tiny", "model.channels=[4,8]", "model.num_branches=2"])
     model = build.build_model(cfg, num_classes=3)

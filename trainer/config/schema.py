@@ -167,6 +167,10 @@ class DEQConfig:
     jac_reg_weight: float = rng(0.0, ge=0.0)  # gamma of the Jacobian regulariser (0: off)
     jac_reg_prob: float = rng(0.0, ge=0.0, le=1.0)
     precision: DEQPrecisionConfig = field(default_factory=DEQPrecisionConfig)
+    stop_check_every: int = rng(0, ge=0)  # f evaluations between host reads of the solver's stop flag; 0: per device
+    compile_f: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "off"
+    cudnn_benchmark: bool = True  # CUDA only: cuDNN autotuning of f's convolutions
+    tf32: bool = True  # CUDA only: TF32 convolutions where fp32 is asked for (matmuls stay fp32)
 
 
 @dataclass
