@@ -16,7 +16,8 @@ to ``--out`` as soon as it is measured (a run cut short keeps what it has):
    checkout of the commit before the change: ``git worktree add .gpu/baseline <commit>``), run as a
    subprocess of its own ``mdeq.bench.gpu_report``; its TFLOP/s use our FLOP count of the same model.
 5. ``reference``: the released code via ``PEERS/time_reference.py`` (fp32, ``--batch``): PEERS is a
-   copy of ../shared/peers (not carried to the device machine by itself).
+   copy of ../shared/peers (not carried to the device machine by itself); ``--reference-site`` is a
+   folder with the released code's dependencies (the peers' wheels, ``pip install --target``).
 6. ``switches``: bf16 at ``--batch`` with deq.stop_check_every 1 (vs the default row of ``ours``) and
    with deq.compile_f=reduce-overhead, to choose their CUDA defaults.
 
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-tree", default=None, help="checkout of the code before the change")
     parser.add_argument("--peers", default=None, help="copy of ../shared/peers (tarball, wheels, time_reference.py)")
     parser.add_argument("--reference-config", default="imagenet/cls_mdeq_LARGE.yaml")
+    parser.add_argument("--reference-site", default=None,
+                        help="folder holding the released code's dependencies (pip install --target of the peers' wheels)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="start no section after this many seconds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the plumbing on any device")
@@ -204,14 +207,8 @@ def run_reference(suite: Suite, peers: str) -> None:
         with tarfile.open(peers_dir / "locuslab-deq-mdeq-vision.tar.gz") as tar:
             tar.extractall(tmp, filter="data")
         env = dict(os.environ)
-        try:
-            import yacs  # noqa: F401
-        except ImportError:  # the reference's own dependencies, from the peers' wheels, into a side folder
-            site = Path(tmp) / "site"
-            wheels = [str(w) for w in (peers_dir / "wheels").glob("*.whl")]
-            subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                            "--target", str(site), *wheels], check=False, capture_output=True, timeout=120)
-            env["PYTHONPATH"] = str(site)
+        if args.reference_site:  # the reference's own dependencies (yacs, …), installed beside ours
+            env["PYTHONPATH"] = args.reference_site
         root = next(p.parent for p in Path(tmp).rglob("MDEQ-Vision"))
         device = "cuda" if args.device in ("auto", "cuda") and _cuda() else "cpu"
         command = [sys.executable, str(peers_dir / "time_reference.py"), str(root), args.reference_config,
