@@ -25,16 +25,19 @@ class Plan:
     init_from_state: dict | None  # backbone source state dict (model.init_from), loaded tensors-only
 
 
-def _check_shards(spec: str, key: str, world_size: int, workers: int, need_readers: bool) -> int:
+def _check_shards(spec: str, key: str, dataset: str, world_size: int, workers: int, need_readers: bool) -> int:
     import data_pipelines as data
 
     if not spec:
         raise TrainerError(f"{key} is empty: point it at shards written by `mdeq shards` (a directory, brace "
                            f"pattern or URL), e.g. --set {key}=/data/imagenet/train; `mdeq quickstart` makes some")
+    shard_set = data.read_shard_set(spec)  # DataError: missing/unusable
+    if shard_set.dataset is not None and shard_set.dataset != dataset:
+        raise TrainerError(f"{key}={spec} holds {shard_set.dataset} shards but data.dataset={dataset!r}: point "
+                           f"{key} at {dataset} shards, or set data.dataset={shard_set.dataset} (with a "
+                           f"{'segmentation' if shard_set.dataset == 'cityscapes' else 'classification'} model)")
     if need_readers:
-        data.check_readers(spec, world_size, workers)  # DataError: missing/unusable, or too few shards
-    else:
-        data.read_shard_set(spec)
+        data.check_readers(shard_set, world_size, workers)  # DataError: too few shards for the readers
     return data.num_classes_of(spec)
 
 
@@ -67,8 +70,9 @@ def preflight(cfg: Config, world_size: int) -> Plan:
     _check_gpus_per_node()
     if cfg.train.max_steps < 1:
         raise TrainerError("train.max_steps must be at least 1 (nothing to train)")
-    data_classes = _check_shards(cfg.data.train_shards, "data.train_shards", world_size, cfg.data.workers, True)
-    _check_shards(cfg.data.val_shards, "data.val_shards", world_size, cfg.data.workers, False)
+    data_classes = _check_shards(cfg.data.train_shards, "data.train_shards", cfg.data.dataset, world_size,
+                                 cfg.data.workers, True)
+    _check_shards(cfg.data.val_shards, "data.val_shards", cfg.data.dataset, world_size, cfg.data.workers, False)
     num_classes = cfg.model.num_classes or data_classes
     if num_classes < data_classes and task == "classification":
         raise TrainerError(f"model.num_classes={num_classes} but the training shards have {data_classes} classes: "
