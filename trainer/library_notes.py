@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def _op_build_dir() -> Path | None:
         return None
 
 
+def op_needs_build(build_dir: Path) -> bool:
+    """Whether torch's JIT loader will compile the op in ``build_dir``: no library yet, or ninja has work
+    (e.g. object files another process's interrupted build removed)."""
+    if not any(build_dir.glob(f"{SHM_OP_NAME}*.so")) or not (build_dir / "build.ninja").is_file():
+        return True
+    try:
+        dry_run = subprocess.run(["ninja", "-n", "-C", str(build_dir)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # cannot tell: stay quiet rather than announce a build that may not happen
+    return "no work to do" not in dry_run.stdout
+
+
 def announce_op_build() -> None:
     """On a CPU-only machine whose extension cache lacks DeepSpeed's shm op, say it is being built
     (local rank 0 only; to stderr, so ``--json`` output stays parseable)."""
@@ -48,7 +61,7 @@ def announce_op_build() -> None:
     if torch.cuda.is_available() or os.environ.get("LOCAL_RANK", "0") != "0":
         return
     build_dir = _op_build_dir()
-    if build_dir is None or any(build_dir.glob(f"{SHM_OP_NAME}*.so")):
+    if build_dir is None or not op_needs_build(build_dir):
         return
     print(f"building DeepSpeed's CPU communication op {SHM_OP_NAME} (first run on this machine, about a "
           f"minute; cached in {build_dir})", file=sys.stderr, flush=True)
