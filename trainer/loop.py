@@ -8,12 +8,11 @@ finish (final evaluation, summary files). Teardown happens in ``train``'s ``fina
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import data_pipelines as data
-from trainer import build
+from trainer import build, jsonable
 from trainer.checkpoint import Checkpointer
 from trainer.config import Config, config_to_dict, dump_config, flatten_config
 from trainer.distributed import launcher_world_size, seed_everything, setup_distributed, teardown
@@ -67,6 +66,21 @@ def train(cfg: Config) -> TrainResult:
         teardown(trainer.engine)
 
 
+def resume_line(point) -> str:
+    """"resumed from step N (committed <UTC time>, <dir>)" for a ResumePoint."""
+    import datetime as dt
+
+    from trainer.checkpoint.store import InvalidCheckpoint, read_marker
+
+    try:
+        stamp = read_marker(Path(point.path)).get("committed_at")
+    except InvalidCheckpoint:
+        stamp = None
+    when = (dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if isinstance(stamp, (int, float)) else "time unknown")
+    return f"resumed from step {point.step} (committed {when}, {point.path})"
+
+
 class Trainer:
     """One run's state (engine, data stream, step, best metric, run id) and its phases as methods."""
 
@@ -81,6 +95,7 @@ class Trainer:
         self.preemption: PreemptionHandler | None = None
         self.metrics_log = None
         self.step, self.best_metric, self.run_id = 0, None, None
+        self.resumed_from = None  # the ResumePoint a resume started from
         self.history: list[dict] = []
         self.last_eval: dict[str, float] = {}
 
@@ -137,6 +152,7 @@ class Trainer:
         changes, naming the keys)."""
         point = self.checkpointer.find_resume()
         if point is not None:
+            self.resumed_from = point
             state = self.restore(point)
             self.best_metric = state.get("best_metric")
             self.run_id = state.get("mlflow_run_id")
@@ -177,6 +193,8 @@ class Trainer:
 
     def announce(self) -> None:
         cfg = self.cfg
+        if self.resumed_from is not None:
+            self.progress.message(resume_line(self.resumed_from))
         self.progress.message(
             f"training {cfg.model.name} ({self.task}) on {self.layout.world_size} process(es), "
             f"{self.plan.batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
@@ -231,7 +249,7 @@ class Trainer:
         record = self.report.interval(step, self.meter.flush(self.stream),
                                       "unrolled pre-training" if self.stepped_unrolled else "equilibrium")
         if self.metrics_log is not None:
-            self.metrics_log.write(json.dumps(record) + "\n")
+            self.metrics_log.write(jsonable.dumps(record) + "\n")
             self.metrics_log.flush()
 
     def maybe_evaluate(self) -> bool:
@@ -289,7 +307,7 @@ class Trainer:
         if self.layout.is_main:
             self.metrics_log.close()
             self.metrics_log = None
-            (self.out_dir / "final_metrics.json").write_text(json.dumps({"step": self.step, **final}, indent=2))
+            (self.out_dir / "final_metrics.json").write_text(jsonable.dumps({"step": self.step, **final}, indent=2))
             self.report.finish()
         self.tracker.end("FINISHED")
         return TrainResult(steps=self.step, final_metrics=final, output_dir=str(self.out_dir),

@@ -83,13 +83,19 @@ def test_commit_marker_instead_of_checkpoint(trained_runs):
     assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_file_that_is_not_weights_names_what_to_pass(tmp_path):
+@pytest.mark.parametrize("content", [b"not a torch file at all", None])
+def test_file_that_is_not_weights_names_what_to_pass(tmp_path, content):
+    import pickle
+
+    from trainer.errors import TrainerError
+    from trainer.transfer import read_weights
+
     bogus = tmp_path / "model.pt"
-    bogus.write_bytes(b"not a torch file at all")
-    proc = run_mdeq("eval", "--checkpoint", str(bogus), "--config", "configs/quickstart.yaml")
-    assert proc.returncode == 2
-    assert "weights_only" not in proc.stderr and "Traceback" not in proc.stderr
-    assert "checkpoint directory" in proc.stderr
+    # None: a real pickle of a non-tensor object, for which torch suggests weights_only=False
+    bogus.write_bytes(content if content is not None else pickle.dumps(TrainerError("x")))
+    with pytest.raises(TrainerError) as caught:
+        read_weights(bogus)
+    assert "weights_only" not in str(caught.value) and "checkpoint directory" in str(caught.value)
 
 
 def test_checkpoint_without_saved_config_asks_for_one(tmp_path):
