@@ -125,6 +125,7 @@ def _run(args: argparse.Namespace, emit) -> int:
         from launch.cli.predict_files import classify_files, print_classes
 
         rows, skipped = classify_files(predictor, images, args.batch_size, args.top_k, progress)
+        progress.close()
         if args.json:
             emit({"checkpoint": predictor.weights, "step": predictor.step, "predictions": rows, "skipped": skipped})
         else:
@@ -139,13 +140,13 @@ def _run(args: argparse.Namespace, emit) -> int:
         rows, skipped = segment_files(predictor, images, out=Path(args.out), tile=tile, overlap=overlap,
                                       flip=args.flip, scales=scales, batch_size=args.batch_size,
                                       label_ids=args.label_ids, progress=progress)
+        progress.close()
         if args.json:
             emit({"checkpoint": predictor.weights, "step": predictor.step, "predictions": rows, "skipped": skipped})
         else:
             for row in rows:
                 print(f"{row['file']}: {row['labels']}  {row['overlay']}")
             print(f"{len(rows)} image(s) -> {args.out}{os.sep}", file=sys.stderr)
-    progress.close()
     for item in skipped:
         print(f"mdeq predict: skipped {item['file']}: {item['error']}", file=sys.stderr)
     if skipped and not rows:
