@@ -63,10 +63,35 @@ def _baseline(args) -> float:
     return _time_batches(loader, args.warmup, args.batches, args.batch_size)
 
 
+def _check_sizes(args) -> None:
+    """DataError unless --src holds enough images for the baseline's one epoch and --shards enough shards
+    for the readers (both loaders then run the batches asked, instead of failing mid-benchmark)."""
+    from data_pipelines import DataError, read_shard_set
+    from data_pipelines.shards.imagenet import IMAGE_SUFFIXES
+
+    if min(args.batches, args.batch_size, args.repeats) < 1 or args.warmup < 0 or args.workers < 0:
+        raise DataError("--batches, --batch-size and --repeats must be at least 1, --warmup and --workers at least 0")
+    train = Path(args.src) / "train"
+    images = sum(1 for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if train.is_dir() else 0
+    needed = args.batch_size * (args.warmup + args.batches)
+    if images < needed:
+        raise DataError(f"{train} holds {images} images but --warmup {args.warmup} + --batches {args.batches} "
+                        f"batches of --batch-size {args.batch_size} need {needed} (ImageFolder reads one epoch): "
+                        f"lower --batches/--batch-size, or use --prepare {needed}")
+    shards = read_shard_set(args.shards)
+    readers = max(args.workers, 1)
+    if len(shards.urls) < readers:
+        raise DataError(f"{args.shards} holds {len(shards.urls)} shard(s) but --workers {args.workers} needs at "
+                        f"least {readers} (one per loader worker): lower --workers or write smaller shards")
+
+
 def _prepare(args) -> dict:
     from data_pipelines import synth_imagenet, write_imagenet_shards
 
     per_class = max(1, args.prepare // args.classes)
+    total = per_class * args.classes
+    # at least one shard per loader worker, at most 256 samples each
+    samples_per_shard = max(1, min(256, total // max(args.workers, 1)))
     synth_imagenet(args.src, classes=args.classes, train_per_class=per_class, val_per_class=0, size=(500, 375))
     figures = {}
     for run in range(2):  # the second write goes to a fresh directory too: two timings, keep both
@@ -74,7 +99,8 @@ def _prepare(args) -> dict:
         if run == 0 and out.exists():
             shutil.rmtree(out)
         start = time.perf_counter()
-        shard_set = write_imagenet_shards(args.src, out, split="train", samples_per_shard=256, workers=args.workers,
+        shard_set = write_imagenet_shards(args.src, out, split="train", samples_per_shard=samples_per_shard,
+                                          workers=args.workers,
                                           progress=False)
         seconds = time.perf_counter() - start
         megabytes = sum(p.stat().st_size for p in out.glob("*.tar")) / 1e6
@@ -90,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {}
     if args.prepare:
         result.update(_prepare(args))
+    _check_sizes(args)
     ours, baseline = [], []
     for _ in range(args.repeats):
         ours.append(_ours(args))

@@ -7,6 +7,9 @@ or two shards). A group reads its shards in order and its ``m`` members keep sam
 ``i ≡ member (mod m)``, so no sample is read by more readers than needed. Ranks
 with fewer batches are padded at the end with padding batches (target -1 for ImageNet, all-255
 label maps for Cityscapes), which metrics ignore; so are undecodable samples, which are counted.
+A shard that cannot be read to its end (truncated, unreachable) loses the samples past the damage:
+the loader counts them (``samples_lost``: the index's count minus what was read) so the evaluation
+can say how much of the validation set its figures cover.
 """
 
 from __future__ import annotations
@@ -120,7 +123,9 @@ class EvalLoader:
                                 for w in range(self.worker_slots)) for r in range(world_size)]
         self.num_batches = max(per_rank_batches)
         self.num_samples = sum(counts[rank * self.worker_slots:(rank + 1) * self.worker_slots])
-        self.bad_samples = 0
+        self.bad_samples = 0  # undecodable samples, evaluated as padding
+        self.samples_read = 0  # real samples yielded by the current pass (bad ones excluded)
+        self.samples_lost = 0  # samples the index promised that the last complete pass could not read
         if decode.dataset == "imagenet":
             self.pad_shape = (3, decode.image_size, decode.image_size)
         elif shard_set.image_size:
@@ -136,6 +141,8 @@ class EvalLoader:
                             worker_init_fn=ignore_stop_signals if self.workers else None,
                             generator=torch.Generator())  # leave the trainer's global RNG alone
         produced = 0
+        self.samples_read = self.samples_lost = 0
+        delivered = 0  # samples (good or bad) this rank's readers produced
         for item in loader:
             if produced == self.num_batches:
                 raise DataError(f"{self.shard_set.spec} holds more samples than its index says: re-write the "
@@ -143,7 +150,13 @@ class EvalLoader:
             self.bad_samples += item["bad"]
             images, targets = item["batch"]
             produced += 1
+            delivered += images.shape[0]
+            self.samples_read += images.shape[0] - item["bad"]
             yield normalize(images), targets.long()
+        self.samples_lost = self.num_samples - delivered
+        if self.samples_lost:
+            log.warning("evaluation on rank %d lost %d of its %d samples of %s (unreadable shard data, see above)",
+                        self.rank, self.samples_lost, self.num_samples, self.shard_set.spec)
         padding = self._padding_batch()
         for _ in range(self.num_batches - produced):
             yield padding

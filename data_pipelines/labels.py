@@ -43,3 +43,32 @@ def cityscapes_ids_by_name() -> dict[str, int]:
 def map_cityscapes_labels(label_ids: np.ndarray) -> np.ndarray:
     """(H, W) uint8 label ids -> (H, W) uint8 train ids (255 = ignore)."""
     return cityscapes_id_to_train_id()[label_ids]
+
+
+@lru_cache(maxsize=1)
+def cityscapes_train_id_palette() -> np.ndarray:
+    """A (256, 3) uint8 table: train id -> the official Cityscapes colour (black for ignore and unknown ids).
+
+    The colours are ``cityscapesscripts.helpers.labels``' ``color`` of each evaluated class, the
+    palette of the benchmark's own visualisations.
+    """
+    from cityscapesscripts.helpers.labels import labels
+
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for label in labels:
+        if 0 <= label.trainId < len(CITYSCAPES_CLASSES):
+            table[label.trainId] = label.color
+    return table
+
+
+@lru_cache(maxsize=1)
+def cityscapes_train_id_to_id() -> np.ndarray:
+    """A (256,) uint8 table: train id -> Cityscapes label id (the benchmark's submission format);
+    ignore and unknown train ids -> 0 ("unlabeled")."""
+    from cityscapesscripts.helpers.labels import labels
+
+    table = np.zeros(256, dtype=np.uint8)
+    for label in labels:
+        if 0 <= label.trainId < len(CITYSCAPES_CLASSES) and not label.ignoreInEval:
+            table[label.trainId] = label.id
+    return table

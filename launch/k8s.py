@@ -4,14 +4,19 @@ Each pod runs ``mdeq launch torchrun`` (static rendezvous, the same preflight as
 node rank and master the training operator injects (``PET_NODE_RANK``/``PET_MASTER_ADDR`` when
 ``nprocPerNode`` is set, else ``RANK``/``MASTER_ADDR``). Pods inherit no environment, so the
 forwarded variables are written into ``env:``. Checkpoints must live on a volume every pod mounts
-(``--volume CLAIM:/path``); ``restartPolicy: OnFailure`` plus ``backoffLimit`` restart the job, which
+(``--volume CLAIM:/path``; with several pods checkpoints outside one are refused, and an MLflow SQLite
+store or logs outside one are warned about); variables whose values are paths of the launching machine
+are not forwarded. ``restartPolicy: OnFailure`` plus ``backoffLimit`` restart the job, which
 resumes from the last committed checkpoint. Apply it with ``kubectl apply -f``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import posixpath
 import shlex
+import sys
 
 from launch.errors import LaunchError
 
@@ -69,8 +74,10 @@ def manifest(args: argparse.Namespace, nproc: int, program, env: dict[str, str])
                  "resources": resources, "volumeMounts": mounts}
 
     def replica(count: int) -> dict:
+        # copies, not shared objects: YAML would write a shared dict once with an anchor (&id001) and
+        # refer to it (*id001), which kubectl accepts but people and many tools do not read as intended
         return {"replicas": count, "restartPolicy": "OnFailure",
-                "template": {"spec": {"containers": [container], "volumes": volumes}}}
+                "template": {"spec": {"containers": [copy.deepcopy(container)], "volumes": copy.deepcopy(volumes)}}}
 
     specs = {"Master": replica(1)}
     if args.nodes > 1:
@@ -81,10 +88,63 @@ def manifest(args: argparse.Namespace, nproc: int, program, env: dict[str, str])
                      "pytorchReplicaSpecs": specs}}
 
 
+def _is_host_path(value: str) -> bool:
+    """A value naming this machine's filesystem: an absolute path, a file:// URL or a SQLite file."""
+    return value.startswith(("/", "file:/", "sqlite:/"))
+
+
+def pod_environment(env: dict[str, str], explicit: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``env`` without the variables forwarded from this shell whose values are paths of this machine
+    (a pod has another filesystem); ``--env`` values are kept as given. Returns (env, dropped names)."""
+    dropped = sorted(k for k, v in env.items() if k not in explicit and _is_host_path(v))
+    return {k: v for k, v in env.items() if k not in dropped}, dropped
+
+
+def _in_pod(path: str, workdir: str) -> str:
+    return posixpath.normpath(path if path.startswith("/") else posixpath.join(workdir, path))
+
+
+def _shared(path: str, mounts: list[str]) -> bool:
+    return any(path == m.rstrip("/") or path.startswith(m.rstrip("/") + "/") for m in mounts)
+
+
+def check_pod_storage(args: argparse.Namespace, cfg, env: dict[str, str], mounts: list[str]) -> None:
+    """Checkpoints, the MLflow store and the logs must outlive a pod and, with several pods, be shared.
+
+    Checkpoints outside every ``--volume`` with more than one pod are refused: every pod writes its
+    ranks' files into its own filesystem, so no pod would hold a whole checkpoint. A SQLite MLflow store
+    or logs outside a volume, or checkpoints with a single pod, are warned about: they go with the pod.
+    """
+    pods = args.nodes
+    problems: list[tuple[str, str, bool]] = []  # (what, path in the pod, refuse)
+    if cfg is not None:
+        checkpoints = _in_pod(cfg.checkpoint.dir, args.workdir)
+        if not _shared(checkpoints, mounts):
+            problems.append((f"checkpoint.dir ({checkpoints})", checkpoints, pods > 1))
+        uri = cfg.tracking.uri or env.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        if cfg.tracking.enabled and uri.startswith("sqlite:///"):
+            store = _in_pod(uri[len("sqlite:///"):], args.workdir)
+            if not _shared(store, mounts):
+                problems.append((f"the MLflow store ({uri})", store, False))
+    logs = _in_pod(args.log_dir, args.workdir)
+    if not _shared(logs, mounts):
+        problems.append((f"--log-dir ({logs})", logs, False))
+    where = (f"the --volume mounts ({', '.join(mounts)})" if mounts else "any --volume mount (there is none)")
+    refused = [what for what, _, refuse in problems if refuse]
+    if refused:
+        raise LaunchError(f"{', '.join(refused)} would be on each pod's own storage, outside {where}: with "
+                          f"{pods} pods no pod holds a whole checkpoint and none survives a restart. Mount a "
+                          "shared PersistentVolumeClaim (--volume CLAIM:/ckpt) and point checkpoint.dir under it")
+    for what, _, _ in problems:
+        print(f"mdeq launch k8s: warning: {what} is on pod storage, outside {where}: it is lost when the pod "
+              "goes; mount a --volume there (or use an http:// MLflow server)", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
     from launch.cli.launch import launch_env, program_args
+    from launch.environment import parse_assignments
     from launch.preflight import load_train_config
     from launch.torchrun import WorkerProgram
 
@@ -95,9 +155,15 @@ def run(args: argparse.Namespace) -> int:
                           "`kubectl apply -f -`")
     # paths inside the pod are the image's, not this machine's: keep them as given
     program = WorkerProgram(args=program_args(args), script=args.script, log_dir=args.log_dir)
-    load_train_config(program.args)
+    cfg = load_train_config(program.args)
     nproc = args.nproc_per_node or (args.gpus_per_node if args.gpus_per_node > 0 else 1)
-    env = launch_env(args)
+    explicit = parse_assignments(args.env)
+    env, dropped = pod_environment(launch_env(args), explicit)
+    mounts = [item.partition(":")[2] for item in args.volume]
+    check_pod_storage(args, cfg, env, mounts)
+    for name in dropped:
+        print(f"mdeq launch k8s: not forwarding {name} from this shell: its value is a path of this machine "
+              f"(pass --env {name}=PATH-IN-THE-POD to set it)", file=sys.stderr)
     print(f"# mdeq launch k8s: {args.nodes} pod(s) x {nproc} process(es); apply with kubectl apply -f FILE")
     print(yaml.safe_dump(manifest(args, nproc, program, env), sort_keys=False), end="")
     return 0

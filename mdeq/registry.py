@@ -41,7 +41,11 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _ZOO[name]
     except KeyError:
-        raise MDEQError(f"unknown model {name!r}; known models: {', '.join(_ZOO)}") from None
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(_ZOO), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise MDEQError(f"unknown model {name!r}; {hint}known models: {', '.join(_ZOO)}") from None
 
 
 def resolve_spec(name: str, **overrides) -> ModelSpec:

@@ -86,8 +86,10 @@ def setup_distributed(seed: int) -> Layout:
     global _OWN_GROUP
     if not dist.is_initialized():
         from trainer.fault.restarts import init_process_group_for_restarts
+        from trainer.library_notes import announce_op_build
 
         init_process_group_for_restarts(backend)  # fresh store keys per torchrun restart (fault helper)
+        announce_op_build()
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
         _OWN_GROUP = True
     layout = Layout(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,

@@ -58,6 +58,9 @@ def build_engine(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Opt
     """``deepspeed.initialize`` the model with our torch optimizer; returns the engine."""
     import deepspeed
 
+    from trainer.library_notes import silence_known_warnings
+
+    silence_known_warnings()  # SGD/Adam under ZeRO are tested here: no "untested optimizer" on every run
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, grad_accum_steps),
                                            dist_init_required=False)
     # With DeepSpeed's own bf16/fp16 modes (set through deepspeed.extra) parameters are cast but not

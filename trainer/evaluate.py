@@ -6,6 +6,7 @@ need that) and pads with ignore targets (-1 for classes, 255 for label maps), wh
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -80,7 +81,8 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
     """
     was_training = module.training
     module.eval()
-    meter = ClassificationMeter(device) if task == "classification" else ConfusionMeter(num_classes, device)
+    meter = (ClassificationMeter(device) if task == "classification"
+             else ConfusionMeter(num_classes, device, class_names=_class_names(loader, num_classes)))
     model = _model_of(module)
     options, spec = getattr(model, "deq_options", None), getattr(model, "spec", None)
     # the same decision on every rank (config only): whether the trace all-reduce runs
@@ -89,9 +91,10 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
     nfe = torch.zeros(2, dtype=torch.float64)  # [f evaluations summed over batches, batches]
     overlays: list[tuple] = []
     t0 = time.perf_counter()
-    for index, (images, targets) in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
+    consumed = 0
+    # islice, not a break inside the loop: the loader counts a batch as read once it has yielded it
+    for images, targets in itertools.islice(loader, max_batches):
+        consumed += 1
         images = images.to(device, dtype=dtype, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         logits = _forward(module, images, pretrain, autocast_dtype).float()
@@ -112,6 +115,7 @@ def evaluate(module, loader, *, task: str, num_classes: int, device: torch.devic
             if traces is not None:
                 traces.add(stats)
     metrics = meter.compute()
+    metrics.update(_sample_counts(loader, device, stopped_early=max_batches is not None and consumed >= max_batches))
     totals = all_reduce_sum(nfe.to(device)).cpu()
     if totals[1] > 0:
         metrics["f_nfe"] = totals[0].item() / totals[1].item()
@@ -140,6 +144,23 @@ def _add_traces(result: EvalResult, trace: torch.Tensor, totals: torch.Tensor) -
         result.metrics[f"residual_branch{i}"] = value
     result.metrics["f_converged"] = totals[1].item() / solves
     result.metrics["f_hit_cap"] = totals[2].item() / solves
+
+
+def _class_names(loader, num_classes: int) -> list[str] | None:
+    """The class names the shards' index lists (one per class), else None (metrics then use ids)."""
+    names = list(getattr(getattr(loader, "shard_set", None), "classes", None) or [])
+    return names if len(names) == num_classes else None
+
+
+def _sample_counts(loader, device: torch.device, *, stopped_early: bool) -> dict[str, float]:
+    """``samples`` (real samples evaluated), ``bad_samples`` (undecodable) and ``samples_lost`` (unreadable
+    shard data), summed over ranks (collective); nothing for loaders that do not count."""
+    if not hasattr(loader, "samples_read"):
+        return {}
+    counts = torch.tensor([loader.samples_read, loader.bad_samples, 0 if stopped_early else loader.samples_lost],
+                          dtype=torch.float64, device=device)
+    read, bad, lost = all_reduce_sum(counts).tolist()
+    return {"samples": int(read), "bad_samples": int(bad), "samples_lost": int(lost)}
 
 
 def _model_of(module):

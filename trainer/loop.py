@@ -8,12 +8,11 @@ finish (final evaluation, summary files). Teardown happens in ``train``'s ``fina
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import data_pipelines as data
-from trainer import build
+from trainer import build, jsonable
 from trainer.checkpoint import Checkpointer, config_hash
 from trainer.config import Config, config_to_dict, dump_config, flatten_config
 from trainer.distributed import launcher_world_size, seed_everything, setup_distributed, teardown
@@ -68,6 +67,21 @@ def train(cfg: Config) -> TrainResult:
         teardown(trainer.engine)
 
 
+def resume_line(point) -> str:
+    """"resumed from step N (committed <UTC time>, <dir>)" for a ResumePoint."""
+    import datetime as dt
+
+    from trainer.checkpoint.store import InvalidCheckpoint, read_marker
+
+    try:
+        stamp = read_marker(Path(point.path)).get("committed_at")
+    except InvalidCheckpoint:
+        stamp = None
+    when = (dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            if isinstance(stamp, (int, float)) else "time unknown")
+    return f"resumed from step {point.step} (committed {when}, {point.path})"
+
+
 class Trainer:
     """One run's state (engine, data stream, step, best metric, run id) and its phases as methods."""
 
@@ -83,6 +97,7 @@ class Trainer:
         self.metrics_log = None
         self.step, self.best_metric, self.run_id = 0, None, None
         self.resized_from: int | None = None  # processes of the checkpoint resumed from, when not ours
+        self.resumed_from = None  # the ResumePoint a resume started from
         self.history: list[dict] = []
         self.last_eval: dict[str, float] = {}
 
@@ -146,6 +161,7 @@ class Trainer:
         """Continue from the newest committed checkpoint (found by ``build``), if any."""
         point = self.resume_point
         if point is not None:
+            self.resumed_from = point
             state = self.restore(point)
             self.best_metric = state.get("best_metric")
             self.run_id = state.get("mlflow_run_id")
@@ -188,6 +204,8 @@ class Trainer:
 
     def announce(self) -> None:
         cfg, batching = self.cfg, self.batching
+        if self.resumed_from is not None:
+            self.progress.message(resume_line(self.resumed_from))
         if self.resized_from is not None:
             self.progress.message(f"world size changed: {self.resized_from} → {self.layout.world_size} processes at "
                                   f"step {self.step}; {batching.grad_accum_steps} micro-step(s) of "
@@ -246,7 +264,7 @@ class Trainer:
         record = self.report.interval(step, self.meter.flush(self.stream),
                                       "unrolled pre-training" if self.stepped_unrolled else "equilibrium")
         if self.metrics_log is not None:
-            self.metrics_log.write(json.dumps(record) + "\n")
+            self.metrics_log.write(jsonable.dumps(record) + "\n")
             self.metrics_log.flush()
 
     def maybe_evaluate(self) -> bool:
@@ -307,7 +325,7 @@ class Trainer:
         if self.layout.is_main:
             self.metrics_log.close()
             self.metrics_log = None
-            (self.out_dir / "final_metrics.json").write_text(json.dumps({"step": self.step, **final}, indent=2))
+            (self.out_dir / "final_metrics.json").write_text(jsonable.dumps({"step": self.step, **final}, indent=2))
             self.report.finish()
         self.tracker.end("FINISHED")
         return TrainResult(steps=self.step, final_metrics=final, output_dir=str(self.out_dir),

@@ -40,8 +40,9 @@ class ClassificationMeter:
 class ConfusionMeter:
     """Confusion matrix over ``num_classes`` (rows: truth, columns: prediction), 255 ignored."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
+    def __init__(self, num_classes: int, device: torch.device, class_names: list[str] | None = None) -> None:
         self.num_classes = num_classes
+        self.class_names = class_names
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         self.loss = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, batches]
 
@@ -65,15 +66,19 @@ class ConfusionMeter:
     def compute(self) -> dict[str, float]:
         """Reduce across ranks (collective) and return miou, pixel_acc, loss and iou/<class> (in %).
 
-        Classes absent from both truth and prediction (union 0) are left out of the mean.
+        Classes absent from both truth and prediction (union 0) are left out of the mean and their
+        IoU is NaN (written as null in JSON).
         """
         matrix = all_reduce_sum(self.matrix.clone()).double()
         loss = all_reduce_sum(self.loss.clone())
-        return confusion_metrics(matrix) | {"loss": loss[0].item() / max(loss[1].item(), 1.0)}
+        return confusion_metrics(matrix, self.class_names) | {"loss": loss[0].item() / max(loss[1].item(), 1.0)}
 
 
-def confusion_metrics(matrix: torch.Tensor) -> dict[str, float]:
-    """mIoU, pixel accuracy and per-class IoU (all in %) of a confusion matrix (K, K)."""
+def confusion_metrics(matrix: torch.Tensor, class_names: list[str] | None = None) -> dict[str, float]:
+    """mIoU, pixel accuracy and per-class IoU (all in %) of a confusion matrix (K, K).
+
+    Per-class keys are ``iou/<name>`` with ``class_names`` (one per class), else ``iou/<class id>``.
+    """
     matrix = matrix.double()
     true_positive = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - true_positive
@@ -82,5 +87,5 @@ def confusion_metrics(matrix: torch.Tensor) -> dict[str, float]:
     out = {"miou": 100.0 * iou[present].mean().item() if present.any() else 0.0,
            "pixel_acc": 100.0 * true_positive.sum().item() / max(matrix.sum().item(), 1.0)}
     for k, value in enumerate(iou.tolist()):
-        out[f"iou/{k}"] = 100.0 * value if value == value else float("nan")
+        out[f"iou/{class_names[k] if class_names else k}"] = 100.0 * value if value == value else float("nan")
     return out

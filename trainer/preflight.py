@@ -25,16 +25,19 @@ class Plan:
     init_from_state: dict | None  # backbone source state dict (model.init_from), loaded tensors-only
 
 
-def _check_shards(spec: str, key: str, world_size: int, workers: int, layout: dict | None) -> int:
+def _check_shards(spec: str, key: str, dataset: str, world_size: int, workers: int, layout: dict | None) -> int:
     import data_pipelines as data
 
     if not spec:
         raise TrainerError(f"{key} is empty: point it at shards written by `mdeq shards` (a directory, brace "
                            f"pattern or URL), e.g. --set {key}=/data/imagenet/train; `mdeq quickstart` makes some")
+    shard_set = data.read_shard_set(spec)  # DataError: missing/unusable
+    if shard_set.dataset is not None and shard_set.dataset != dataset:
+        raise TrainerError(f"{key}={spec} holds {shard_set.dataset} shards but data.dataset={dataset!r}: point "
+                           f"{key} at {dataset} shards, or set data.dataset={shard_set.dataset} (with a "
+                           f"{'segmentation' if shard_set.dataset == 'cityscapes' else 'classification'} model)")
     if layout is not None:
-        data.check_readers(spec, world_size, workers, **layout)  # DataError: missing/unusable, or a layout refused
-    else:
-        data.read_shard_set(spec)
+        data.check_readers(shard_set, world_size, workers, **layout)  # DataError: a layout refused
     return data.num_classes_of(spec)
 
 
@@ -68,8 +71,9 @@ def preflight(cfg: Config, world_size: int) -> Plan:
     if cfg.train.max_steps < 1:
         raise TrainerError("train.max_steps must be at least 1 (nothing to train)")
     train_layout = dict(batch_size=cfg.data.batch_size, global_batch=batching.global_batch, streams=cfg.data.streams)
-    data_classes = _check_shards(cfg.data.train_shards, "data.train_shards", world_size, cfg.data.workers, train_layout)
-    _check_shards(cfg.data.val_shards, "data.val_shards", world_size, cfg.data.workers, None)
+    data_classes = _check_shards(cfg.data.train_shards, "data.train_shards", cfg.data.dataset, world_size,
+                                 cfg.data.workers, train_layout)
+    _check_shards(cfg.data.val_shards, "data.val_shards", cfg.data.dataset, world_size, cfg.data.workers, None)
     num_classes = cfg.model.num_classes or data_classes
     if num_classes < data_classes and task == "classification":
         raise TrainerError(f"model.num_classes={num_classes} but the training shards have {data_classes} classes: "

@@ -100,7 +100,10 @@ class RunReport:
                                   f"loss {m['loss']:.4f}  ({m.get('samples', 0)} images, {m['seconds']:.1f}s{solver})")
         else:
             self.progress.message(f"eval @ step {step}{mode}: mIoU {m['miou']:.2f}%  pixel acc {m['pixel_acc']:.2f}%"
-                                  f"  ({m['seconds']:.1f}s)")
+                                  f"  ({m.get('samples', 0)} images, {m['seconds']:.1f}s)")
+        if m.get("samples_lost"):
+            self.progress.message(f"eval @ step {step}: {m['samples_lost']} validation samples LOST to unreadable "
+                                  "shard data (see the warning above): the figures cover the rest")
 
     def convergence_data(self, step: int, result) -> dict:
         """What the convergence figure shows, as JSON (written beside it)."""

@@ -41,8 +41,12 @@ def read_weights(path: str | Path) -> dict:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError ... for corrupt/foreign files
-        raise TrainerError(f"cannot read {file} as model weights ({type(err).__name__}: {err}); "
-                           "is it a checkpoint written by `mdeq train`?") from None
+        # torch's own text suggests weights_only=False (running code from the file): never quote it
+        reason = "it holds objects other than tensors" if "weights_only" in str(err) else \
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise TrainerError(f"cannot read {file} as model weights ({reason}); give a checkpoint directory "
+                           f"written by `mdeq train` (its checkpoint.dir or a step_* directory) or its "
+                           f"{WEIGHTS_NAME}") from None
     if isinstance(payload, dict) and "state_dict" not in payload:
         payload = {"state_dict": payload}
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):

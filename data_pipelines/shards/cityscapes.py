@@ -44,18 +44,35 @@ def collect_cityscapes(src: str | os.PathLike, split: str) -> list[tuple[str, st
     return pairs
 
 
+def read_image_size(image_path: str) -> tuple[bytes, tuple[int, int]]:
+    """(file bytes, (width, height)) of a camera image, decoded in full so a truncated or corrupt file is
+    refused here, naming it, wherever it sits in the split (not at training time, as a bad sample)."""
+    try:
+        with open(image_path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return data, image.size
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... for damaged files
+        raise DataError(f"cannot read image {image_path} ({type(err).__name__}: {err}): re-extract it from "
+                        "leftImg8bit_trainvaltest.zip, or remove it together with its gtFine labels") from None
+
+
 def _make_cityscapes_sample(item: tuple[str, str]) -> tuple[str, dict[str, bytes]]:
     image_path, label_path = item
     try:
         label_ids = np.asarray(Image.open(label_path))
-    except OSError as err:
-        raise DataError(f"cannot read label image {label_path}: {err}") from err
+    except Exception as err:  # as for images: any decoding failure means an unusable file
+        raise DataError(f"cannot read label image {label_path} ({type(err).__name__}: {err}): re-extract it "
+                        "from gtFine_trainvaltest.zip, or remove it together with its image") from None
     if label_ids.ndim != 2:
         raise DataError(f"{label_path} is not a single-channel labelIds image (shape {label_ids.shape})")
+    image, size = read_image_size(image_path)
+    if size != (label_ids.shape[1], label_ids.shape[0]):
+        raise DataError(f"{image_path} is {size[0]}x{size[1]} but its labels {label_path} are "
+                        f"{label_ids.shape[1]}x{label_ids.shape[0]}: they must be the same size")
     buffer = io.BytesIO()
     Image.fromarray(map_cityscapes_labels(label_ids.astype(np.uint8))).save(buffer, format="PNG")
-    with open(image_path, "rb") as f:
-        image = f.read()
     key = Path(image_path).name[: -len(IMAGE_SUFFIX)]
     meta = json.dumps({"city": Path(image_path).parent.name, "size": [label_ids.shape[1], label_ids.shape[0]]})
     return key, {"image.png": image, "labels.png": buffer.getvalue(), "json": meta.encode()}
@@ -67,8 +84,7 @@ def write_cityscapes_shards(src: str | os.PathLike, out: str | os.PathLike, *, s
     if split not in ("train", "val"):
         raise DataError(f"--split must be train or val, got {split!r}")
     pairs = collect_cityscapes(src, split)
-    with Image.open(pairs[0][0]) as first:
-        size = list(first.size)
+    size = list(read_image_size(pairs[0][0])[1])
     from data_pipelines.labels import CITYSCAPES_CLASSES
 
     return write_shards(out, split=split, items=pairs, make_sample=_make_cityscapes_sample,

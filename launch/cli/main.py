@@ -22,7 +22,7 @@ COMMANDS = [
     "config",  # issue 2
     "models",  # issue 3
     "synth", "shards",  # issue 5
-    "train", "eval", "quickstart",  # issue 6
+    "train", "eval", "predict", "runs", "quickstart",  # issues 6, 17
     "bench",  # issues 4, 5
     "launch",  # issue 8
     "sweep", "plan",  # issue 9
@@ -40,11 +40,22 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (ConfigError, MDEQError, DataError, TrainerError, LaunchError)
 
 
+def _version() -> str:
+    """The installed mdeq-train version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mdeq-train")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdeq",
         description="Train Multiscale Deep Equilibrium Models with DeepSpeed, WebDataset and MLflow.",
     )
+    parser.add_argument("--version", action="version", version=f"mdeq {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

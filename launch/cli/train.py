@@ -20,24 +20,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import json
     import os
     import sys
 
+    from launch.cli.output import json_stdout
     from trainer.config import load_config
     from trainer.fault import DIVERGED_EXIT_CODE, DivergenceError
     from trainer.loop import train
 
-    cfg = load_config(args.config, args.overrides)
-    try:
-        result = train(cfg)
-    except DivergenceError as err:
-        print(f"mdeq train: error: {err}", file=sys.stderr)
-        return DIVERGED_EXIT_CODE
-    if os.environ.get("RANK", "0") == "0":
-        if args.json:
-            print(json.dumps({"steps": result.steps, **result.final_metrics}), flush=True)
-        else:
-            print(f"done: {result.steps} steps; final metrics {json.dumps(result.final_metrics)}; "
-                  f"run folder {result.output_dir}; checkpoints {result.checkpoint_dir}", flush=True)
+    with json_stdout(args.json) as emit:
+        cfg = load_config(args.config, args.overrides)
+        try:
+            result = train(cfg)
+        except DivergenceError as err:
+            print(f"mdeq train: error: {err}", file=sys.stderr)
+            return DIVERGED_EXIT_CODE
+        if os.environ.get("RANK", "0") == "0":
+            if args.json:
+                emit({"steps": result.steps, **result.final_metrics})
+            else:
+                from trainer.jsonable import dumps
+
+                print(f"done: {result.steps} steps; final metrics {dumps(result.final_metrics)}; "
+                      f"run folder {result.output_dir}; checkpoints {result.checkpoint_dir}", flush=True)
     return 0

@@ -139,7 +139,7 @@ def format_plan(plan: MemoryPlan, request: PlanRequest) -> str:
         ("implicit-backward extras", _size(plan.implicit_backward_extras)),
         ("peak per device", f"{_size(plan.peak)}  (in {plan.peak_phase})"),
     ]
-    head = (f"{request.model}: batch {request.batch_size}/device at {request.height}x{request.width}, "
+    head = (f"{request.model}: batch {request.batch_size}/device at {request.width}x{request.height} (WxH, as --res), "
             f"{request.precision}, ZeRO-{request.zero_stage}, world {request.world_size}, {request.optimizer}, "
             f"{request.mode} (caps F{plan.f_max_iter}/B{plan.b_max_iter})")
     width = max(len(r[0]) for r in rows)

@@ -93,8 +93,8 @@ def test_k8s_manifest_is_a_pytorchjob(capsys, monkeypatch):
     import yaml
 
     lines = dry_run(capsys, monkeypatch, "k8s", "--nodes", "3", "--gpus-per-node", "8", "--image", "reg/mdeq:1",
-                    "--dry-run", "--", "train", "--config", "configs/quickstart.yaml",
-                    env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+                    "--volume", "runs:/workspace/runs", "--dry-run", "--", "train", "--config",
+                    "configs/quickstart.yaml", env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     manifest = yaml.safe_load("\n".join(lines))
     assert manifest["kind"] == "PyTorchJob"
     specs = manifest["spec"]["pytorchReplicaSpecs"]

@@ -203,13 +203,24 @@ def _field_type(path: list[str]) -> Any:
         hints = typing.get_type_hints(cls)
         if part not in hints:
             names = list(hints)
-            close = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
             prefix = ".".join(path[:i])
             prefix = f"{prefix}." if prefix else ""
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys here: {', '.join(names)}"
+            # the closest whole key first ("trian.max_steps" -> "train.max_steps"), then the closest name here
+            whole = difflib.get_close_matches(".".join(path), _all_keys(), n=1, cutoff=0.75)
+            close = whole or [f"{prefix}{c}" for c in difflib.get_close_matches(part, names, n=1,
+                                                                                           cutoff=0.5)]
+            hint = f"; did you mean {close[0]}?" if close else f"; valid keys here: {', '.join(names)}"
             raise ConfigError(f"unknown config key {'.'.join(path)!r}{hint}")
         cls = hints[part]
     return cls
+
+
+def _all_keys(cls: Any = Config, prefix: str = "") -> list[str]:
+    """Every dotted key path of the schema (``train.max_steps``, ``deq.precision.state``, ...)."""
+    out: list[str] = []
+    for name, tp in typing.get_type_hints(cls).items():
+        out += _all_keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{name}"]
+    return out
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
