@@ -73,7 +73,7 @@ class Checkpointer:
         self.world_size = world_size
         self.config_hash = config_hash
         self.config = config
-        self.best_mode = best_mode or getattr(cfg, "best_mode", "max")
+        self.best_mode = best_mode or cfg.best_mode
         self.root = Path(cfg.dir)
         self._last_save_time = time.monotonic()
         self.last_committed: store.ResumePoint | None = None
@@ -129,21 +129,21 @@ class Checkpointer:
     def _open(self) -> store.ResumePoint | None:
         """Rank 0, first call: lock the folder, choose the resume point, adopt its run, claim the folder."""
         if self._lock is None:
-            self._lock = RunLock(self.root, stale_after_seconds=getattr(self.cfg, "lock_stale_seconds", 600.0))
+            self._lock = RunLock(self.root, stale_after_seconds=self.cfg.lock_stale_seconds)
             self._lock.acquire()
         point = None if self.cfg.resume == "never" else self._scan()
         if point is not None:
             self.run_id = point.run_id
         ownership.claim_folder(self.root, self.run_id, resuming=point is not None,
-                               move_aside=getattr(self.cfg, "move_other_runs_aside", False))
+                               move_aside=self.cfg.move_other_runs_aside)
         return point
 
     def _newest_own(self) -> store.ResumePoint | None:
-        point, _ = store.scan(self.root, check_hash=getattr(self.cfg, "verify_hash", True), run_id=self.run_id)
+        point, _ = store.scan(self.root, check_hash=self.cfg.verify_hash, run_id=self.run_id)
         return point
 
     def _scan(self) -> store.ResumePoint | None:
-        check_hash = getattr(self.cfg, "verify_hash", True)
+        check_hash = self.cfg.verify_hash
         if self.cfg.resume == "auto":
             point, rejected = store.scan(self.root, check_hash=check_hash)
             if point is None and rejected:
@@ -279,7 +279,7 @@ class Checkpointer:
                 "world_size": self.world_size, "zero_stage": _zero_stage(engine),
                 "config_hash": self.config_hash, "config": self.config, "metric": metric,
                 "client_state": client_state, "committed_at": time.time(),
-                "files": describe_files(tag_dir, with_hash=getattr(self.cfg, "verify_hash", True)),
+                "files": describe_files(tag_dir, with_hash=self.cfg.verify_hash),
             }
             atomic_write_json(tag_dir / store.MARKER, marker)
             deleted = store.apply_retention(self.root, self.cfg.keep_last, self.cfg.keep_best, self.best_mode,
