@@ -111,6 +111,21 @@ def build_model(cfg: Config, num_classes: int | None = None) -> torch.nn.Module:
     return mdeq.create_model(cfg.model.name, **model_overrides(cfg, num_classes))
 
 
+def model_from_weights(cfg: Config, payload: dict, num_classes: int | None, spec=None) -> torch.nn.Module:
+    """The config's model with the saved weights of ``payload`` (``transfer.read_weights``) loaded and
+    its DEQ options set; one clear error when the weights belong to another model or config."""
+    model = build_model(cfg, num_classes)
+    state, own = payload["state_dict"], model.state_dict()
+    mismatched = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise TrainerError(f"{payload['path']} does not fit model {cfg.model.name!r} with this config "
+                           f"({len(mismatched)} missing or differently shaped tensors, e.g. {mismatched[0]}); "
+                           f"it was saved from model {payload.get('model', '?')!r}: use that run's config")
+    model.load_state_dict({k: state[k] for k in own})
+    model.deq_options = deq_options(cfg, spec)
+    return model
+
+
 def compute_dtype(cfg: Config) -> torch.dtype | None:
     """Autocast dtype of f: ``deq.precision.compute``, where 'auto' follows ``deepspeed.precision``."""
     name = cfg.deq.precision.compute

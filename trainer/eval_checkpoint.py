@@ -65,16 +65,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float | str]:
     num_classes = cfg.model.num_classes or data.num_classes_of(cfg.data.val_shards)
     layout = setup_distributed(cfg.train.seed)
     try:
-        model = build.build_model(cfg, num_classes)
-        state = payload["state_dict"]
-        own = model.state_dict()
-        mismatched = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
-        if mismatched:
-            raise TrainerError(f"{payload['path']} does not fit model {cfg.model.name!r} with this config "
-                               f"({len(mismatched)} missing or differently shaped tensors, e.g. {mismatched[0]}); "
-                               f"it was saved from model {payload.get('model', '?')!r}: evaluate with that model's config")
-        model.load_state_dict({k: state[k] for k in own})
-        model.deq_options = build.deq_options(cfg, spec)
+        model = build.model_from_weights(cfg, payload, num_classes, spec)
         # as in training: fp32 parameters, bf16/fp16 through autocast
         model.to(layout.device)
         autocast = None if cfg.deepspeed.precision == "fp32" else DTYPES[cfg.deepspeed.precision]

@@ -86,17 +86,8 @@ def load_predictor(cfg: Config, weights: str | Path, device: torch.device | None
         raise TrainerError(f"model.name={cfg.model.name!r} is a {spec.task} model but data.dataset="
                            f"{cfg.data.dataset!r} is {task}")
     payload = read_weights(weights)
-    state = payload["state_dict"]
-    names = _class_names(cfg, state, task)
-    model = build.build_model(cfg, len(names) or None)
-    own = model.state_dict()
-    mismatched = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
-    if mismatched:
-        raise TrainerError(f"{payload['path']} does not fit model {cfg.model.name!r} with this config "
-                           f"({len(mismatched)} missing or differently shaped tensors, e.g. {mismatched[0]}); "
-                           f"it was saved from model {payload.get('model', '?')!r}: use that run's config")
-    model.load_state_dict({k: state[k] for k in own})
-    model.deq_options = build.deq_options(cfg, spec)
+    names = _class_names(cfg, payload["state_dict"], task)
+    model = build.model_from_weights(cfg, payload, len(names) or None, spec)
     device = device or pick_device()
     model.to(device).eval()
     step = int(payload.get("step", -1))
