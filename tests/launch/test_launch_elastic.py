@@ -150,7 +150,7 @@ def test_elastic_job_loses_a_host_continues_alone_and_takes_it_back(hosts, tmp_p
 
     # every step read one global batch, the same on every try and layout; each epoch every sample once
     keys_of_step: dict[int, set[str]] = defaultdict(set)
-    for path in tmp_path.glob("samples.rank*"):
+    for path in _sample_logs(tmp_path):
         for line in path.read_text().splitlines():
             entry = json.loads(line)
             keys_of_step[entry["step"]].update(entry["keys"])
@@ -161,10 +161,15 @@ def test_elastic_job_loses_a_host_continues_alone_and_takes_it_back(hosts, tmp_p
         assert len(used) == len(set(used)) == SAMPLES, f"epoch {epoch}"
 
 
+def _sample_logs(root: Path) -> list[Path]:
+    """The per-rank sample-key logs (``samples.rank<r>``), not their ``.draws`` companions."""
+    return [path for path in root.glob("samples.rank*") if path.name.removeprefix("samples.rank").isdigit()]
+
+
 def _first_step_time(root: Path, world: int) -> float:
     """Wall-clock time of the first train step logged by a process of a ``world``-process generation."""
     times = []
-    for path in root.glob("samples.rank*"):
+    for path in _sample_logs(root):
         for line in path.read_text().splitlines():
             entry = json.loads(line)
             if entry.get("world") == world:
