@@ -22,6 +22,7 @@ from trainer.evaluate import evaluate
 from trainer.fault import PREEMPTED_EXIT_CODE, DivergenceError, DivergenceGuard, PreemptionHandler
 from trainer.fault.restarts import hold_after_commit_for_test
 from trainer.optim import build_optimizer
+from trainer.precision import slow_precision_warning
 from trainer.preflight import preflight
 from trainer.progress import Progress
 from trainer.reporting import IntervalMeter, resolved_model_params, run_params
@@ -214,6 +215,9 @@ class Trainer:
             f"training {cfg.model.name} ({self.task}) on {self.layout.world_size} process(es), "
             f"{batching.global_batch} samples/step, steps {self.step}→{cfg.train.max_steps}, "
             f"unrolled pre-training until step {self.pretrain_steps}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}")
+        slow = slow_precision_warning(cfg.deepspeed.precision, self.layout.device)
+        if slow is not None:
+            self.progress.message(f"warning: {slow}")
 
     # -- one step -------------------------------------------------------------------------------
 
