@@ -4,7 +4,8 @@ DeepSpeed compiles its CPU shared-memory communication op the first time a proce
 up on a machine (about a minute of silence on a small CPU); ``announce_op_build`` says so before
 it starts. Its ZeRO engine warns "untested optimizer" on every run for the torch optimizers this
 project passes on purpose (SGD/Adam/AdamW, tested here under ZeRO 0-3); ``silence_known_warnings``
-drops that one message and nothing else.
+drops that one message and nothing else. A build killed half-way leaves torch's ``lock`` file behind,
+and every later process waits on it in silence; ``lock_hint`` names the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SHM_OP_NAME = "deepspeed_shm_comm"
@@ -53,6 +55,18 @@ def op_needs_build(build_dir: Path) -> bool:
     return "no work to do" not in dry_run.stdout
 
 
+def lock_hint(build_dir: Path, now: float) -> str | None:
+    """torch's extension loader waits, without a word and without end, while a ``lock`` file exists in
+    the build folder; a build that was killed leaves one behind. Say which file and since when."""
+    lock = build_dir / "lock"
+    try:
+        since = lock.stat().st_mtime
+    except OSError:
+        return None
+    return (f"waiting for another process's build of {SHM_OP_NAME} (lock file {lock}, {(now - since) / 60:.0f} min "
+            "old); if no build is running (a killed one leaves the file behind), remove that file")
+
+
 def announce_op_build() -> None:
     """On a CPU-only machine whose extension cache lacks DeepSpeed's shm op, say it is being built
     (local rank 0 only; to stderr, so ``--json`` output stays parseable)."""
@@ -61,7 +75,12 @@ def announce_op_build() -> None:
     if torch.cuda.is_available() or os.environ.get("LOCAL_RANK", "0") != "0":
         return
     build_dir = _op_build_dir()
-    if build_dir is None or not op_needs_build(build_dir):
+    if build_dir is None:
+        return
+    hint = lock_hint(build_dir, time.time())
+    if hint is not None:
+        print(hint, file=sys.stderr, flush=True)
+    if not op_needs_build(build_dir):
         return
     print(f"building DeepSpeed's CPU communication op {SHM_OP_NAME} (first run on this machine, about a "
           f"minute; cached in {build_dir})", file=sys.stderr, flush=True)

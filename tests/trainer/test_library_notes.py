@@ -20,20 +20,33 @@ def test_non_finite_values_become_null_at_any_depth():
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"constant {c} written")) == finite_or_none(value)
 
 
-def test_zero_untested_optimizer_warning_is_dropped(one_rank_process_group, caplog):
+def test_zero_untested_optimizer_warning_is_dropped(one_rank_process_group):
     import logging
 
     from trainer.config import load_config
     from trainer.engine import build_engine
 
-    cfg = load_config(None, ["deepspeed.zero_stage=1", "data.batch_size=2"])
-    model = torch.nn.Linear(4, 2)
-    with caplog.at_level(logging.WARNING):
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    # DeepSpeed's logger does not propagate to the root logger (pytest's caplog would see nothing):
+    # listen on it directly, after its filters, where its own console handler listens
+    logger, kept = logging.getLogger("DeepSpeed"), Keep()
+    logger.addHandler(kept)
+    try:
+        cfg = load_config(None, ["deepspeed.zero_stage=1", "data.batch_size=2"])
+        model = torch.nn.Linear(4, 2)
         engine = build_engine(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), 1)
-        logging.getLogger("DeepSpeed").warning("another DeepSpeed warning")  # still shown
-    messages = [record.getMessage() for record in caplog.records if record.name == "DeepSpeed"]
-    assert not any("untested optimizer" in m for m in messages), messages
-    assert "another DeepSpeed warning" in messages
+        logger.warning("another DeepSpeed warning")  # still shown
+    finally:
+        logger.removeHandler(kept)
+    assert not any("untested optimizer" in m for m in kept.messages), kept.messages
+    assert "another DeepSpeed warning" in kept.messages
     engine.destroy()
 
 
@@ -48,3 +61,16 @@ def test_op_build_is_announced_only_when_ninja_has_work(tmp_path):
     assert not op_needs_build(tmp_path)  # cached: silent
     (tmp_path / "obj.o").unlink()  # an interrupted build elsewhere removed an object file
     assert op_needs_build(tmp_path)
+
+
+def test_a_left_behind_build_lock_is_named_with_its_age(tmp_path):
+    import os
+
+    from trainer.library_notes import lock_hint
+
+    assert lock_hint(tmp_path, now=1000.0) is None  # no lock: nothing to say
+    lock = tmp_path / "lock"
+    lock.touch()
+    os.utime(lock, (400.0, 400.0))
+    hint = lock_hint(tmp_path, now=1000.0)
+    assert hint is not None and str(lock) in hint and "10 min old" in hint and "remove that file" in hint
