@@ -80,7 +80,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float | str]:
                           max_batches=cfg.data.eval_max_batches, autocast_dtype=autocast)
         metrics = dict(result.metrics)
         metrics["step"] = steps_done
-        metrics["warmup"] = float(unrolled)
+        metrics["unrolled"] = unrolled  # the checkpoint was still in unrolled pre-training
         metrics["checkpoint"] = payload["path"]
         return metrics
     finally:

@@ -52,7 +52,7 @@ def print_metrics(metrics: dict) -> None:
     """The human-readable form: headline metrics, then per-class IoU, then what the figures cover."""
     keys = ["top1", "top5"] if "top1" in metrics else ["miou", "pixel_acc"]
     head = "  ".join(f"{k} {metrics[k]:.2f}%" for k in keys)
-    mode = "warm-up, f unrolled" if metrics["warmup"] else "equilibrium"
+    mode = "unrolled pre-training" if metrics["unrolled"] else "equilibrium"
     print(f"{head}  loss {metrics['loss']:.4f}  (checkpoint step {metrics['step']}, {mode}: "
           f"{metrics.get('checkpoint', '?')})")
     for key in (k for k in metrics if k.startswith("iou/")):

@@ -222,7 +222,7 @@ def test_eval_cli_reproduces_final_evaluation(launch):
     metrics, _ = json.JSONDecoder().raw_decode(after, after.index('{"top1"'))
     final = launch["results"]["zero0"]["final_metrics"]
     assert metrics["top1"] == pytest.approx(final["top1"]) and metrics["top5"] == pytest.approx(final["top5"])
-    assert metrics["step"] == STEPS and metrics["warmup"] == 0.0  # past warm-up: the equilibrium, as in the run
+    assert metrics["step"] == STEPS and metrics["unrolled"] is False  # past unrolled pre-training: the equilibrium, as in the run
 
 
 @pytest.mark.timeout(1200)
