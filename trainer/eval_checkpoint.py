@@ -47,7 +47,7 @@ def resolve_checkpoint(path: str, *, check_hash: bool = True) -> Path:
     return folder / WEIGHTS_NAME if (folder / WEIGHTS_NAME).is_file() else folder
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float | str]:
+def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float | str | bool]:
     """Metrics of the weights in ``checkpoint`` on ``data.val_shards`` (reduced over all ranks), and
     ``checkpoint``: the weights file evaluated (see ``resolve_checkpoint``)."""
     import data_pipelines as data
