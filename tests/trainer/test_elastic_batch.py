@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from trainer.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests/trainer/scripts/multi_train.py"
@@ -34,12 +35,6 @@ PHASES = ((2, 4), (1, 8), (2, 12))  # (processes, max_steps) of each launch of t
 TOLERANCE = 1e-5
 
 pytestmark = [pytest.mark.integration]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _config(root: Path, name: str, data: Path, stage: int) -> Path:
@@ -66,7 +61,7 @@ def _launch(root: Path, nproc: int, runs: list[dict], tag: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-                           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(SCRIPT), str(plan)],
+                           "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(SCRIPT), str(plan)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for run in runs:
