@@ -65,13 +65,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_distributed(seed: int) -> Layout:
+def setup_distributed(seed: int, deepspeed_comm: bool = True) -> Layout:
     """Initialise the process group (via DeepSpeed), pick the device and seed every RNG.
 
     Every rank is seeded with the same ``seed`` so that model construction is identical on all
     ranks; call ``seed_everything(seed + layout.rank)`` afterwards for per-rank randomness (dropout).
+    ``deepspeed_comm=False`` (evaluation, no engine) makes a plain torch group: DeepSpeed's comm
+    layer would compile its CPU op first, a minute on a new machine, for collectives torch has.
     """
-    import deepspeed
     import torch.distributed as dist
 
     _ensure_env()
@@ -88,9 +89,14 @@ def setup_distributed(seed: int) -> Layout:
         from trainer.fault.restarts import init_process_group_for_restarts
         from trainer.library_notes import announce_op_build
 
-        init_process_group_for_restarts(backend)  # fresh store keys per torchrun restart (fault helper)
-        announce_op_build()
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        created = init_process_group_for_restarts(backend)  # fresh store keys per torchrun restart (fault helper)
+        if deepspeed_comm:
+            import deepspeed
+
+            announce_op_build()
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        elif not created:
+            dist.init_process_group(backend)  # env:// from the launcher, or the one-process layout above
         _OWN_GROUP = True
     layout = Layout(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                     device=device, backend=backend)

@@ -63,7 +63,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str) -> dict[str, float | str |
     # before any process group: a bad path fails fast
     payload = read_weights(resolve_checkpoint(checkpoint, check_hash=cfg.checkpoint.verify_hash))
     num_classes = cfg.model.num_classes or data.num_classes_of(cfg.data.val_shards)
-    layout = setup_distributed(cfg.train.seed)
+    layout = setup_distributed(cfg.train.seed, deepspeed_comm=False)  # no engine here: torch's collectives
     try:
         model = build.model_from_weights(cfg, payload, num_classes, spec)
         # as in training: fp32 parameters, bf16/fp16 through autocast

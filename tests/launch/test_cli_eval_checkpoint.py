@@ -38,6 +38,19 @@ def test_classification_eval_from_checkpoint_alone(trained_runs):
     assert metrics["samples"] == 6 and metrics["samples_lost"] == 0
 
 
+def test_eval_builds_no_deepspeed_op(trained_runs, tmp_path):
+    # evaluation makes no engine: an empty extension cache stays empty (no minute-long op build)
+    from tests.launch.conftest import mdeq_env
+
+    cache = tmp_path / "torch_extensions"
+    proc = subprocess.run([sys.executable, "-m", "launch.cli.main", "eval", "--checkpoint",
+                           str(trained_runs.cls_checkpoints), "--json"], capture_output=True, text=True, timeout=600,
+                          env=dict(mdeq_env(), TORCH_EXTENSIONS_DIR=str(cache)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _strict_json(proc.stdout)["samples"] == 6
+    assert not cache.exists() or not any(cache.rglob("*shm_comm*")), sorted(cache.rglob("*"))
+
+
 def test_segmentation_eval_json_parses_with_absent_classes(trained_runs):
     proc = run_mdeq("eval", "--checkpoint", str(trained_runs.seg_checkpoints), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
