@@ -4,8 +4,9 @@ DeepSpeed compiles its CPU shared-memory communication op the first time a proce
 up on a machine (about a minute of silence on a small CPU); ``announce_op_build`` says so before
 it starts. Its ZeRO engine warns "untested optimizer" on every run for the torch optimizers this
 project passes on purpose (SGD/Adam/AdamW, tested here under ZeRO 0-3); ``silence_known_warnings``
-drops that one message and nothing else. A build killed half-way leaves torch's ``lock`` file behind,
-and every later process waits on it in silence; ``lock_hint`` names the file.
+drops that one message and nothing else. While another process builds the op, torch waits on an
+advisory lock (``flock`` of the build folder's ``lock`` file, which stays there by design and is no
+sign of a stale build): ``build_in_progress`` says so, so a wait of minutes is not silent.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 SHM_OP_NAME = "deepspeed_shm_comm"
@@ -55,16 +55,24 @@ def op_needs_build(build_dir: Path) -> bool:
     return "no work to do" not in dry_run.stdout
 
 
-def lock_hint(build_dir: Path, now: float) -> str | None:
-    """torch's extension loader waits, without a word and without end, while a ``lock`` file exists in
-    the build folder; a build that was killed leaves one behind. Say which file and since when."""
-    lock = build_dir / "lock"
+def build_in_progress(build_dir: Path) -> bool:
+    """Whether another process holds torch's build lock in ``build_dir`` now (an ``flock``, released by
+    the kernel when its holder exits, so a killed build never blocks later runs)."""
+    import fcntl
+
     try:
-        since = lock.stat().st_mtime
+        fd = os.open(build_dir / "lock", os.O_RDWR)
     except OSError:
-        return None
-    return (f"waiting for another process's build of {SHM_OP_NAME} (lock file {lock}, {(now - since) / 60:.0f} min "
-            "old); if no build is running (a killed one leaves the file behind), remove that file")
+        return False  # no lock file: nobody has built here yet
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def announce_op_build() -> None:
@@ -77,9 +85,9 @@ def announce_op_build() -> None:
     build_dir = _op_build_dir()
     if build_dir is None:
         return
-    hint = lock_hint(build_dir, time.time())
-    if hint is not None:
-        print(hint, file=sys.stderr, flush=True)
+    if build_in_progress(build_dir):
+        print(f"waiting for another process's build of DeepSpeed's {SHM_OP_NAME} op in {build_dir}", file=sys.stderr,
+              flush=True)
     if not op_needs_build(build_dir):
         return
     print(f"building DeepSpeed's CPU communication op {SHM_OP_NAME} (first run on this machine, about a "

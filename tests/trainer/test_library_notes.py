@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,14 +64,30 @@ def test_op_build_is_announced_only_when_ninja_has_work(tmp_path):
     assert op_needs_build(tmp_path)
 
 
-def test_a_left_behind_build_lock_is_named_with_its_age(tmp_path):
+def test_a_build_in_progress_is_seen_through_torchs_lock(tmp_path):
+    import fcntl
     import os
 
-    from trainer.library_notes import lock_hint
+    from trainer.library_notes import build_in_progress
 
-    assert lock_hint(tmp_path, now=1000.0) is None  # no lock: nothing to say
+    assert not build_in_progress(tmp_path)  # never built here
     lock = tmp_path / "lock"
     lock.touch()
-    os.utime(lock, (400.0, 400.0))
-    hint = lock_hint(tmp_path, now=1000.0)
-    assert hint is not None and str(lock) in hint and "10 min old" in hint and "remove that file" in hint
+    assert not build_in_progress(tmp_path)  # the file alone is what a finished build leaves: nobody waits on it
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys
+fd = os.open({str(lock)!r}, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert build_in_progress(tmp_path)  # another process builds: say we wait for it
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not build_in_progress(tmp_path)  # the kernel released the holder's lock when it exited
+    fd = os.open(lock, os.O_RDWR)  # and we did not keep it
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
