@@ -1,8 +1,8 @@
 """Whether the device runs a low precision natively, and what to tell the user when it does not.
 
 bf16 autocast on a CPU without bf16 instructions (AVX-512 BF16 or AMX; e.g. an AVX2-only EPYC) is
-emulated by oneDNN: on such a machine a bf16 convolution step of the tiny model measured about 10x
-slower than fp32 (docs/benchmarks.md), so a bf16 recipe silently turns minutes into an hour.
+emulated by oneDNN: on such a machine a convolution took about 10x and a training step of the tiny
+model 2.4-3x the CPU time of fp32 (docs/benchmarks.md), so a bf16 recipe silently runs far slower.
 """
 
 from __future__ import annotations
