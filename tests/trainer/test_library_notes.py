@@ -51,17 +51,61 @@ def test_zero_untested_optimizer_warning_is_dropped(one_rank_process_group):
     engine.destroy()
 
 
-def test_op_build_is_announced_only_when_ninja_has_work(tmp_path):
-    from trainer.library_notes import SHM_OP_NAME, op_needs_build
+def _op_build_files(build_dir) -> None:
+    """A build.ninja shaped like the op's: one object file linked into the op's library."""
+    from trainer.library_notes import SHM_OP_NAME
 
-    (tmp_path / "src.txt").write_text("source")
-    (tmp_path / "build.ninja").write_text(f"rule copy\n  command = cp $in $out\nbuild obj.o: copy src.txt\n"
-                                          f"build {SHM_OP_NAME}.so: copy obj.o\ndefault {SHM_OP_NAME}.so\n")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "src.txt").write_text("source")
+    (build_dir / "build.ninja").write_text(f"rule copy\n  command = cp $in $out\nbuild obj.o: copy src.txt\n"
+                                           f"build {SHM_OP_NAME}.so: copy obj.o\ndefault {SHM_OP_NAME}.so\n")
+
+
+def test_op_build_is_announced_only_when_ninja_has_work(tmp_path):
+    from trainer.library_notes import op_needs_build
+
+    _op_build_files(tmp_path)
     assert op_needs_build(tmp_path)  # nothing built yet
     subprocess.run(["ninja", "-C", str(tmp_path)], check=True, capture_output=True)
     assert not op_needs_build(tmp_path)  # cached: silent
     (tmp_path / "obj.o").unlink()  # an interrupted build elsewhere removed an object file
     assert op_needs_build(tmp_path)
+
+
+def test_op_build_announcement_is_on_stderr_once_per_machine(tmp_path, monkeypatch, capsys):
+    import fcntl
+    import os
+
+    from trainer.library_notes import SHM_OP_NAME, announce_op_build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # torch's build folder is <this>/<op name>
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the op is built on CPU-only machines
+    build_dir = tmp_path / SHM_OP_NAME
+    announce_op_build()
+    captured = capsys.readouterr()
+    assert f"building DeepSpeed's CPU communication op {SHM_OP_NAME}" in captured.err and str(build_dir) in captured.err
+    assert captured.out == ""  # stdout stays one JSON document under --json
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    announce_op_build()
+    assert capsys.readouterr().err == ""  # one process per machine says it
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    _op_build_files(build_dir)
+    subprocess.run(["ninja", "-C", str(build_dir)], check=True, capture_output=True)
+    announce_op_build()
+    assert capsys.readouterr().err == ""  # built: nothing to say
+    (build_dir / "lock").touch()  # what every finished build leaves: nothing to say
+    announce_op_build()
+    assert capsys.readouterr().err == ""
+    fd = os.open(build_dir / "lock", os.O_RDWR)  # another open file, so its flock excludes torch's as a process's would
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        announce_op_build()
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert f"waiting for another process's build of DeepSpeed's {SHM_OP_NAME} op in {build_dir}" in err
+    assert "building" not in err
 
 
 def test_a_build_in_progress_is_seen_through_torchs_lock(tmp_path):
