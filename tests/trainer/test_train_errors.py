@@ -25,12 +25,24 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_train(capsys, *overrides: str) -> tuple[int, str]:
+    import trainer.loop
+
     argv = ["train"]
     for item in overrides:
         argv += ["--set", item]
-    code = main(argv)
+    set_up, real = [], trainer.loop.setup_distributed
+
+    def recorded(*args, **kwargs):
+        set_up.append(args)
+        return real(*args, **kwargs)
+
+    # the real set-up, recorded: a process group set up and torn down again on the way out leaves
+    # dist.is_initialized() False, so only the record shows whether the error came before it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.loop, "setup_distributed", recorded)
+        code = main(argv)
     err = capsys.readouterr().err
-    assert not dist.is_initialized(), "the error must come before the process group is set up"
+    assert not set_up and not dist.is_initialized(), f"the error must come before the process group is set up: {err}"
     return code, err
 
 
