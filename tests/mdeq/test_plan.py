@@ -98,3 +98,27 @@ def test_mdeq_plan_cli_prints_json_with_the_breakdown(capsys):
     assert plan["f_max_iter"] == 3
     assert out["request"]["zero_stage"] == 2 and out["request"]["world_size"] == 2
     assert main(["plan", "--model", "no-such-model", "--batch", "2", "--res", "16"]) == 2
+
+
+def test_plan_echoes_a_non_square_res_in_its_order(capsys):
+    from launch.cli.main import main
+
+    argv = ["plan", "--model", "tiny", "--batch", "2", "--res", "32x16", "--f-max-iter", "3", "--b-max-iter", "3"]
+    assert main(argv) == 0
+    assert "tiny: batch 2/device at 32x16 (WxH, as --res)" in capsys.readouterr().out.splitlines()[0]
+    assert main([*argv, "--json"]) == 0
+    request = json.loads(capsys.readouterr().out)["request"]
+    assert (request["width"], request["height"]) == (32, 16)  # planned at the size echoed
+
+
+def test_plan_of_an_unknown_model_names_the_closest_and_the_known_ones(capsys):
+    import mdeq
+    from launch.cli.main import main
+
+    assert main(["plan", "--model", "imagenet-smal", "--batch", "2", "--res", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'imagenet-smal'; did you mean 'imagenet-small' or" in err and "Traceback" not in err
+    assert main(["plan", "--model", "foo", "--batch", "2", "--res", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err  # nothing is close: the list alone
+    assert f"known models: {', '.join(mdeq.list_models())}" in err
