@@ -41,8 +41,9 @@ def read_weights(path: str | Path) -> dict:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError ... for corrupt/foreign files
-        # torch's own text suggests weights_only=False (running code from the file): never quote it
-        reason = "it holds objects other than tensors" if "weights_only" in str(err) else \
+        # torch's own text suggests weights_only=False (running code from the file): never quote it. Its
+        # tensors-only unpickler refuses pickled objects and plain garbage alike, so say only what is certain
+        reason = "it is not a torch file of tensors only" if "weights_only" in str(err) else \
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise TrainerError(f"cannot read {file} as model weights ({reason}); give a checkpoint directory "
                            f"written by `mdeq train` (its checkpoint.dir or a step_* directory) or its "
