@@ -108,15 +108,19 @@ def test_segmentation_label_png_is_the_argmax_at_full_resolution(trained_runs, t
         assert np.abs(overlay - blend).max() <= 0.5 + 1e-9
 
 
+def _predict_one_scene(trained_runs, tmp_path: Path, *flags: str):
+    """`mdeq predict --json FLAGS` on the first validation scene: (its path, its output row, the predictor)."""
+    image_path = sorted((trained_runs.cityscapes_raw / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[0]
+    proc = run_mdeq("predict", "--checkpoint", str(trained_runs.seg_checkpoints), str(image_path), "--out",
+                    str(tmp_path), "--json", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return image_path, json.loads(proc.stdout)["predictions"][0], _predictor(trained_runs.seg_checkpoints)
+
+
 def test_segmentation_label_ids_and_flip(trained_runs, tmp_path):
     from cityscapesscripts.helpers.labels import trainId2label
 
-    image_path = sorted((trained_runs.cityscapes_raw / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[0]
-    proc = run_mdeq("predict", "--checkpoint", str(trained_runs.seg_checkpoints), str(image_path), "--out",
-                    str(tmp_path), "--json", "--label-ids", "--flip")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    row = json.loads(proc.stdout)["predictions"][0]
-    predictor = _predictor(trained_runs.seg_checkpoints)
+    image_path, row, predictor = _predict_one_scene(trained_runs, tmp_path, "--label-ids", "--flip")
     image = _rgb(image_path)
     logits = (_reference_logits(predictor.model, image, predictor.unrolled)
               + _reference_logits(predictor.model, image.flip(-1), predictor.unrolled).flip(-1)) / 2
@@ -127,12 +131,7 @@ def test_segmentation_label_ids_and_flip(trained_runs, tmp_path):
 
 
 def test_segmentation_scales_average_the_rescaled_predictions(trained_runs, tmp_path):
-    image_path = sorted((trained_runs.cityscapes_raw / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[0]
-    proc = run_mdeq("predict", "--checkpoint", str(trained_runs.seg_checkpoints), str(image_path), "--out",
-                    str(tmp_path), "--json", "--scales", "0.5,1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    row = json.loads(proc.stdout)["predictions"][0]
-    predictor = _predictor(trained_runs.seg_checkpoints)
+    image_path, row, predictor = _predict_one_scene(trained_runs, tmp_path, "--scales", "0.5,1")
     x = _normalized(_rgb(image_path))
     height, width = x.shape[-2:]
     half = F.interpolate(x, size=(round(height * 0.5), round(width * 0.5)), mode="bilinear", align_corners=False)
