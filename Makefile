@@ -26,8 +26,10 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/mdeq quickstart
 
+# tests/run_suite.sh: the real-Slurm tests (mostly waiting on Slurm's timers) run as a second pytest
+# session beside the rest; PYTEST_ARGS runs one plain session with those arguments instead.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	tests/run_suite.sh $(BIN)/python $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mdeq data_pipelines trainer launch tests
