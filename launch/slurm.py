@@ -5,10 +5,13 @@ rank, which commits a checkpoint; then the script requeues the job and the reque
 from that checkpoint), and per-node logs next to the per-rank ones:
 
 - ``--mode torchrun`` (default): one srun task per node running ``mdeq launch torchrun`` with the
-  node rank and master taken from the SLURM environment, so every node runs the same preflight and
-  torchrun can restart its workers (``--max-restarts``).
+  node rank and master taken from the SLURM environment, so every node runs the same preflight.
 - ``--mode srun``: one srun task per process; each maps SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS
-  to RANK / LOCAL_RANK / WORLD_SIZE (``launch.worker --from-slurm``). No torchrun, no in-job restarts.
+  to RANK / LOCAL_RANK / WORLD_SIZE (``launch.worker --from-slurm``).
+
+A failed job step is restarted by requeueing the whole job (``--max-restarts`` times): srun's
+``--kill-on-bad-exit`` ends the step on every node when one rank fails, so torchrun inside the job
+never restarts workers itself, and the requeued job resumes from the last committed checkpoint.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class SlurmJob:
     cpus_per_task: int | None = None
     mode: str = "torchrun"
     signal_seconds: int = 180
-    max_restarts: int = 0
+    max_restarts: int = 3
     log_dir: str = "runs/logs"
     script: str | None = None
     workdir: str = "."
@@ -130,8 +133,9 @@ class SlurmJob:
             # bash -c expands the per-node variables on each node; "$0"/"$@" carry our arguments unquoted.
             inner = ('exec "$0" -m launch.cli.main launch torchrun --nnodes "$SLURM_JOB_NUM_NODES" '
                      '--node-rank "$SLURM_NODEID" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" "$@"')
-            args = [self.python, "--nproc-per-node", str(self.nproc_per_node),
-                    "--max-restarts", str(self.max_restarts), *self.worker_args()]
+            # no worker restarts inside the job: a failed step is restarted by requeueing the job
+            args = [self.python, "--nproc-per-node", str(self.nproc_per_node), "--max-restarts", "0",
+                    *self.worker_args()]
             return [f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {shlex.quote(node_log)} \\",
                     f"  bash -c {shlex.quote(inner)} \\", f"  {shlex.join(args)} &"]
         args = [self.python, "-m", "launch.worker", "--from-slurm", *self.worker_args()]
@@ -169,14 +173,45 @@ class SlurmJob:
             "srun_pid=$!",
             "status=0",
             'wait "$srun_pid" || status=$?',
+            *self._ending_lines(),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+    def _ending_lines(self) -> list[str]:
+        """After srun: done, requeued after a preemption (free), requeued after a failure (while the
+        --max-restarts budget lasts), or failed."""
+        budget = self.max_restarts
+        return [
+            '[ "$status" -ne 0 ] || exit 0',
+            "# A node failure or preemption ends the step too, but then SLURM is ending (and requeueing) the",
+            "# job itself and this script gets TERM shortly: neither requeue it again nor count a failure.",
+            'job_state=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o "JobState=[A-Z_]*" || true)',
+            'if [ -n "$job_state" ] && [ "$job_state" != JobState=RUNNING ]; then',
+            '  echo "mdeq: the job step ended (exit $status) while SLURM ends job $SLURM_JOB_ID ($job_state): '
+            'not counted as a failure"',
+            '  exit "$status"',
+            "fi",
             f'if [ "$status" -eq {PREEMPTED_EXIT_CODE} ]; then',
             '  echo "mdeq: the ranks were preempted and committed a checkpoint: requeueing job $SLURM_JOB_ID"',
             '  scontrol requeue "$SLURM_JOB_ID"',
             "  exit 0",
             "fi",
+            "# A failed step: count it (preemptions and time-limit requeues do not count) and requeue while",
+            "# the --max-restarts budget lasts; the requeued job resumes from the last committed checkpoint.",
+            f"failures_file={shlex.quote(self.log_dir)}/{shlex.quote(self.job_name)}-$SLURM_JOB_ID.failures",
+            'failures=$(( $(cat "$failures_file" 2>/dev/null || echo 0) + 1 ))',
+            'echo "$failures" > "$failures_file"',
+            f'if [ "$failures" -le {budget} ]; then',
+            f'  echo "mdeq: the job step failed (exit $status): requeueing job $SLURM_JOB_ID, restart $failures of '
+            f'--max-restarts {budget}"',
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "  exit 0",
+            "fi",
+            f'echo "mdeq: the job step failed (exit $status) and --max-restarts {budget} restarts are used up: '
+            'job $SLURM_JOB_ID fails (failures counted in $failures_file)"',
             'exit "$status"',
         ]
-        return "\n".join(lines) + "\n"
 
 
 def register(forms: argparse._SubParsersAction, add_common) -> None:
@@ -195,9 +230,10 @@ def register(forms: argparse._SubParsersAction, add_common) -> None:
                         help="torchrun: one task per node running torchrun; srun: one task per process")
     parser.add_argument("--signal-seconds", type=int, default=180,
                         help="send USR1 (checkpoint + requeue) this long before the time limit")
-    parser.add_argument("--max-restarts", type=int, default=None,
-                        help="torchrun restarts of the workers inside the job (--mode torchrun; default 0: "
-                             "SLURM's requeue restarts the job)")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="requeue the job after a failed job step this many times (default 3; both modes); "
+                             "preemptions and time-limit requeues do not count. The requeued job resumes from "
+                             "the last committed checkpoint")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable)")
     parser.add_argument("--output", "-o", default=None, help="script path (default: <log-dir>/<job-name>.sbatch)")
@@ -242,9 +278,8 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
         raise LaunchError("--nodes must be >= 1 and --gpus-per-node >= 0")
     if args.cpus_per_task is not None and args.cpus_per_task < 1:
         raise LaunchError("--cpus-per-task must be >= 1")
-    if args.mode == "srun" and args.max_restarts:
-        raise LaunchError("--max-restarts needs --mode torchrun (srun restarts no processes); with --mode srun "
-                          "SLURM's requeue restarts the job")
+    if args.max_restarts < 0:
+        raise LaunchError(f"--max-restarts must be >= 0 (requeues after a failed job step), got {args.max_restarts}")
     limit = time_limit_seconds(args.time)
     if args.signal_seconds >= limit:
         raise LaunchError(f"--signal-seconds {args.signal_seconds} must be shorter than the time limit "
@@ -254,7 +289,7 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
     return SlurmJob(nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time,
                     program_args=program.args, nproc_per_node=nproc, partition=args.partition,
                     account=args.account, job_name=args.job_name, cpus_per_task=args.cpus_per_task,
-                    mode=args.mode, signal_seconds=args.signal_seconds, max_restarts=args.max_restarts or 0,
+                    mode=args.mode, signal_seconds=args.signal_seconds, max_restarts=args.max_restarts,
                     log_dir=program.log_dir, script=program.script, workdir=str(Path.cwd()),
                     env=job_environment(args), extra_sbatch=list(args.sbatch))
 

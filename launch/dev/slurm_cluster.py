@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -40,7 +41,7 @@ from launch.dev.slurm_layout import (
     slurm_conf,
 )
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "ip", "nsenter", "unshare")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sdiag", "ip", "nsenter", "unshare")
 
 
 def unavailable_reason() -> str | None:
@@ -196,6 +197,28 @@ class SlurmCluster:
             time.sleep(0.2)
         raise TimeoutError(f"nodes {names} not {state} after {timeout:.0f} s: {states}; logs in {self.layout.root}")
 
+    def wait_controller_rpcs_done(self, timeout: float) -> None:
+        """Until slurmctld has no RPC agent running or queued (``sdiag``).
+
+        A node failure's requeue sends the job's old incarnation a kill that slurmctld retries against
+        the dead node for up to MessageTimeout (at most 10) seconds. A slurmd that comes back within
+        that window gets the kill and answers "epilog complete" for the job id, which slurmctld (22.05)
+        books against the *requeued* incarnation if it already runs: the node is dropped from it and
+        its srun waits forever for "busy" nodes. Restart a killed node's slurmd only after this.
+        """
+        deadline = time.monotonic() + timeout
+        counters: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            done = self.command("sdiag")
+            counters = {name: int(value) for name, value in
+                        re.findall(r"^Agent (queue size|count|thread count):\s*(\d+)", done.stdout, re.M)}
+            if done.returncode == 0 and len(counters) == 3 and not any(counters.values()):
+                return
+            self._check_daemons()
+            time.sleep(0.2)
+        raise TimeoutError(f"slurmctld still has RPC agents after {timeout:.0f} s ({counters}); "
+                           f"logs in {self.layout.root}")
+
     def _check_daemons(self) -> None:
         for name in ("munged", "slurmctld"):
             pid = self.pids.get(name)
@@ -278,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a cluster under DIR (left running)")
     up.add_argument("--dir", type=Path, required=True)
     up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--debug", action="store_true", help="daemons log at debug2 with job, step and RPC-agent traces")
     down = sub.add_parser("down", help="stop a cluster started by `up`")
     down.add_argument("--dir", type=Path, help="the cluster's folder (…/mdeq-slurm-<tag>)")
     down.add_argument("--leftovers", action="store_true", help="remove every cluster's leftovers")
@@ -288,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.action == "up":
         args.dir.mkdir(parents=True, exist_ok=True)
-        cluster = SlurmCluster(new_layout(args.dir, nodes=args.nodes))
+        cluster = SlurmCluster(new_layout(args.dir, nodes=args.nodes, debug=args.debug))
         try:
             cluster.up()
         except BaseException:

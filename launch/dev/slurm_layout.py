@@ -51,6 +51,7 @@ class ClusterLayout:
     nodes: list[NodeSpec] = field(default_factory=list)
     cpus_per_node: int = 2
     slurmd_timeout: int = 10
+    debug: bool = False  # daemons log at debug2, with the job, step and RPC-agent traces
 
     @property
     def conf(self) -> Path:
@@ -94,7 +95,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def new_layout(parent: Path, nodes: int = 2, cpus_per_node: int = 2, slurmd_timeout: int = 10) -> ClusterLayout:
+def new_layout(parent: Path, nodes: int = 2, cpus_per_node: int = 2, slurmd_timeout: int = 10,
+               debug: bool = False) -> ClusterLayout:
     """A fresh tag, a 10.213.x.0/24 subnet nobody on this machine routes yet, and free ports."""
     tag = secrets.token_hex(3)
     used = _used_subnets()
@@ -108,7 +110,7 @@ def new_layout(parent: Path, nodes: int = 2, cpus_per_node: int = 2, slurmd_time
                       host_link=f"mdeq{tag}v{k}") for k in range(1, nodes + 1)]
     return ClusterLayout(tag=tag, root=str(root), bridge=f"mdeq{tag}br", controller_address=f"10.213.{subnet}.1",
                          controller_port=_free_port(), slurmd_port=_free_port(), nodes=specs,
-                         cpus_per_node=cpus_per_node, slurmd_timeout=slurmd_timeout)
+                         cpus_per_node=cpus_per_node, slurmd_timeout=slurmd_timeout, debug=debug)
 
 
 def slurm_conf(layout: ClusterLayout) -> str:
@@ -152,6 +154,8 @@ def slurm_conf(layout: ClusterLayout) -> str:
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={root}/jobcomp.log",
     ]
+    if layout.debug:
+        lines += ["SlurmctldDebug=debug2", "SlurmdDebug=debug2", "DebugFlags=Agent,Steps,TraceJobs"]
     for node in layout.nodes:
         lines.append(f"NodeName={node.name} NodeAddr={node.address} CPUs={layout.cpus_per_node} State=UNKNOWN")
     lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")

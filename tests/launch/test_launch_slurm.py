@@ -54,6 +54,19 @@ def test_script_has_requeue_signal_checkpoint_dir_and_passes_bash_n(tmp_path):
     assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], capture_output=True).returncode == 0
 
 
+@pytest.mark.parametrize("mode", ["torchrun", "srun"])
+def test_a_failed_step_requeues_the_job_up_to_max_restarts_default_3(tmp_path, mode):
+    done = launch_slurm(tmp_path, *GPU_JOB, "--mode", mode, "--", "train", "--config", "x.yaml")
+    assert done.returncode == 0, done.stderr
+    assert 'if [ "$failures" -le 3 ]; then' in done.stdout
+    assert "restart $failures of --max-restarts 3" in done.stdout
+    assert f"failures_file={tmp_path / 'runs' / 'logs'}/mdeq-$SLURM_JOB_ID.failures" in done.stdout
+    # the requeue is the restart: torchrun inside the job never restarts workers itself
+    assert mode == "srun" or "--max-restarts 0 --log-dir" in done.stdout
+    done = launch_slurm(tmp_path, *GPU_JOB, "--mode", mode, "--max-restarts", "0", "--", "train", "--config", "x.yaml")
+    assert done.returncode == 0 and 'if [ "$failures" -le 0 ]; then' in done.stdout, done.stderr
+
+
 def test_cpus_per_task_is_passed_on_to_srun(tmp_path):
     done = launch_slurm(tmp_path, *GPU_JOB, "--cpus-per-task", "8", "--", "train", "--config", "x.yaml")
     assert done.returncode == 0, done.stderr
@@ -80,7 +93,7 @@ def test_cpu_only_settings_of_this_shell_stay_out_of_a_gpu_job_and_are_named(tmp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--mode", "srun", "--max-restarts", "2", *GPU_JOB], "--max-restarts needs --mode torchrun"),
+    (["--max-restarts", "-1", *GPU_JOB], "--max-restarts must be >= 0"),
     (["--gpus-per-node", "4", "--time", "10", "--dry-run"], "--nodes required"),
     (["--nodes", "2", "--gpus-per-node", "0", "--time", "10", "--signal-seconds", "600", "--dry-run"],
      "--signal-seconds 600 must be shorter than the time limit (600 s)"),

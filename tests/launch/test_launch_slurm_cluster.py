@@ -1,20 +1,22 @@
 """`mdeq launch slurm --submit` on a real two-node Slurm cluster (``launch.dev.slurm_cluster``).
 
 One cluster for the module: munged, slurmctld on a bridge, two slurmd nodes (2 CPUs each) in their
-own network namespaces. The jobs are what a user would submit (``--nodes 2``, one torchrun node per
-Slurm node, the rendezvous from the allocation, shared checkpoint and MLflow paths on this machine's
-disk). Each training job's final weights are compared bitwise with one uninterrupted
-``mdeq launch local --nproc 2`` run of the same config (same process count and rank order, CPU).
+own network namespaces. The jobs are what a user would submit (``--nodes 2``, the rendezvous from the
+allocation, shared checkpoint and MLflow paths on this machine's disk). Each training job's final
+weights are compared bitwise with one uninterrupted ``mdeq launch local --nproc 2`` run of the same
+config (same process count and rank order, CPU).
 
 - layout: both ``--mode torchrun`` and ``--mode srun`` give every rank its rank, node and master;
   ``--cpus-per-task`` reaches srun (the task is bound to that many cores);
-- a ZeRO-2 bf16 job runs to completion;
-- time limit: once training runs, the job's limit is cut so that ``--signal=B:USR1@N`` falls due;
-  the ranks are paused until Slurm (which checks limits every 30 s) sends it, then every rank
-  commits, the script requeues, the job resumes and completes in the same MLflow run;
-- ``scontrol requeue`` mid-run: the same;
-- every process of node 2 SIGKILLed mid-run: Slurm declares the node down and requeues the job by
-  itself; it completes once the test restarts node 2's slurmd.
+- restart budget: a failed step is requeued by the script while ``--max-restarts`` lasts, a
+  preempted one (exit 75) without using it up, and the job fails once it is used up;
+- ``--mode torchrun``, one ZeRO-2 bf16 job interrupted twice: its time limit is cut so that
+  ``--signal=B:USR1@N`` falls due (the ranks are paused until Slurm, which checks limits every 30 s,
+  sends it; every rank commits, the script requeues), then ``scontrol requeue`` mid-run; the job
+  resumes each time, completes in the same MLflow run, and ``--status`` shows it;
+- ``--mode srun``, one job failing twice: a rank crashes in a save (the script requeues the job,
+  restart 1 of 3), then every process of node 2 is SIGKILLed mid-run (Slurm declares the node down
+  and requeues the job by itself); it completes once the test restarts node 2's slurmd.
 
 A requeued job waits ~2 minutes on ``BeginTime``; the tests release it with
 ``scontrol update jobid=J starttime=now``.
@@ -176,11 +178,15 @@ def job_logs(run: Path, job: str) -> str:
     return "\n".join(parts)
 
 
-def wait_for_commit(run: Path, cluster: SlurmCluster, job: str, timeout: float) -> int:
+def wait_for_commit(run: Path, cluster: SlurmCluster, job: str, timeout: float, after: int = 0) -> int:
+    """Until a checkpoint newer than step ``after`` is committed (releasing a requeued job); its step."""
     deadline = time.monotonic() + timeout
-    while not committed_steps(run):
-        if time.monotonic() > deadline or job_fields(cluster, job)["JobState"] not in {"PENDING", "RUNNING"}:
-            pytest.fail(f"no checkpoint committed by job {job}:\n{job_logs(run, job)}")
+    while not committed_steps(run) or committed_steps(run)[-1] <= after:
+        fields = job_fields(cluster, job)
+        if time.monotonic() > deadline or fields["JobState"] not in {"PENDING", "RUNNING"}:
+            pytest.fail(f"no checkpoint after step {after} committed by job {job}:\n{job_logs(run, job)}")
+        if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
+            cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
         time.sleep(0.05)
     return committed_steps(run)[-1]
 
@@ -216,12 +222,18 @@ def finished_in_one_mlflow_run(run: Path) -> None:
     assert steps == list(range(1, MAX_STEPS + 1)), steps
 
 
-def resumed_from(run: Path) -> tuple[int, str]:
-    """(the step the last attempt of rank 0 started at, that attempt's header)."""
-    attempts = (run / "logs" / "ranks" / "rank-0.log").read_text().split("=== ")
-    match = re.search(rf"steps (\d+)→{MAX_STEPS}", attempts[-1])
-    assert match, attempts[-1][-3000:]
-    return int(match.group(1)), attempts[-1].splitlines()[0]
+def attempt_starts(run: Path) -> list[int]:
+    """The step each attempt of rank 0 started at, in order."""
+    attempts = (run / "logs" / "ranks" / "rank-0.log").read_text().split("=== ")[1:]
+    starts = [re.search(rf"steps (\d+)→{MAX_STEPS}", attempt) for attempt in attempts]
+    assert all(starts), attempts[-1][-3000:]
+    return [int(match.group(1)) for match in starts]
+
+
+def batch_attempts(run: Path, job: str) -> list[str]:
+    """The batch script's log, one part per attempt (each starts with the script's header line)."""
+    text = (run / "logs" / f"mdeq-{job}.out").read_text()
+    return re.split(rf"^(?=mdeq: job {job} on \S+, restart \d+$)", text, flags=re.M)[1:]
 
 
 TRAIN = ["--cpus-per-task", "2"]
@@ -266,17 +278,20 @@ def run_seconds(text: str) -> int:
     return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
-def check_resumed_run(run: Path, job: str, fields: dict[str, str], reference: dict) -> int:
-    """The requeued job resumed from a commit made mid-run, in the same MLflow run, with the reference's
-    weights; returns the step it resumed from."""
-    assert int(fields["Restarts"]) >= 1, fields
-    start, header = resumed_from(run)
-    assert 0 < start < MAX_STEPS, f"resumed from step {start}"
+def check_resumed_run(run: Path, job: str, fields: dict[str, str], reference: dict, restarts: int) -> list[int]:
+    """Each requeued attempt resumed from a commit made mid-run by the one before, in the same MLflow
+    run, with the reference's weights; returns the step each attempt started at."""
+    assert int(fields["Restarts"]) == restarts, fields
+    starts = attempt_starts(run)
+    assert len(starts) == restarts + 1 and starts[0] == 0, starts
+    assert all(a < b < MAX_STEPS for a, b in zip(starts, starts[1:])), f"attempts started at steps {starts}"
     for rank in (0, 1):
-        assert "SLURM_RESTART_COUNT=1" in (run / "logs" / "ranks" / f"rank-{rank}.log").read_text()
+        log = (run / "logs" / "ranks" / f"rank-{rank}.log").read_text()
+        for restart in range(1, restarts + 1):
+            assert f"SLURM_RESTART_COUNT={restart}" in log, f"rank {rank}: no attempt {restart}"
     assert_same_weights(final_weights(run), reference)
     finished_in_one_mlflow_run(run)
-    return start
+    return starts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,28 +323,42 @@ def test_every_rank_gets_its_layout_and_cpus_on_two_slurm_nodes(cluster, tmp_pat
         [f"mdeq-{job}-node0.log", f"mdeq-{job}-node1.log"]
 
 
-@pytest.mark.timeout(900)
-def test_two_node_zero2_job_runs_to_completion(cluster, shards, reference, tmp_path):
-    started = time.monotonic()
-    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
-    fields = drive(cluster, job, tmp_path, timeout=300)
-    print(f"2-node job: {time.monotonic() - started:.1f} s")
-    assert fields["Restarts"] == "0" and fields["NodeList"] == "mdeq-n[1-2]"
-    assert_same_weights(final_weights(tmp_path), reference)
-    finished_in_one_mlflow_run(tmp_path)
-    status = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "slurm", "--status", job],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, **cluster.env})
-    assert status.returncode == 0, status.stderr
-    print(status.stdout)
-    assert f"job {job} (mdeq): COMPLETED" in status.stdout and "restarts: 0" in status.stdout
-    assert f"last committed step: {MAX_STEPS} ({tmp_path / 'checkpoints'})" in status.stdout
+def wait_requeued(cluster: SlurmCluster, job: str, run: Path, restarts: int, timeout: float = 120) -> dict[str, str]:
+    """Until the job waits again after its ``restarts``-th requeue."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = job_fields(cluster, job)
+        if fields["JobState"] == "PENDING" and int(fields["Restarts"]) >= restarts:
+            return fields
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job} not requeued ({fields['JobState']}, {fields.get('Reason')}):\n{job_logs(run, job)}")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(300)
+def test_failed_steps_are_requeued_until_max_restarts_and_a_preemption_is_not_counted(cluster, tmp_path):
+    # attempt 0: every rank exits 75 (preempted); attempts 1 and 2: rank 1 fails
+    job = submit(cluster, tmp_path, "--mode", "srun", "--nproc-per-node", "1", "--max-restarts", "1",
+                 "--time", "5", "--script", str(SCRIPTS / "slurm_attempts.py"), tail=[])
+    fields = drive(cluster, job, tmp_path, timeout=240, until="FAILED")
+    assert fields["Restarts"] == "2" and fields["ExitCode"] in {"1:0", "143:0"}, fields
+    preempted, failed_once, failed_twice = batch_attempts(tmp_path, job)
+    assert "the ranks were preempted and committed a checkpoint: requeueing" in preempted
+    # srun's status is its tasks' highest: rank 1's 1, or 143 for rank 0 if srun's TERM caught it
+    assert re.search(rf"the job step failed \(exit (1|143)\): requeueing job {job}, restart 1 of --max-restarts 1\n",
+                     failed_once), failed_once
+    assert re.search(rf"the job step failed \(exit (1|143)\) and --max-restarts 1 restarts are used up: job {job} "
+                     "fails", failed_twice), failed_twice
+    assert (tmp_path / "logs" / f"mdeq-{job}.failures").read_text().strip() == "2"
+    assert [line for line in (tmp_path / "logs" / "ranks" / "rank-1.log").read_text().splitlines()
+            if line.startswith("ATTEMPT")] == ["ATTEMPT 0 RANK 1", "ATTEMPT 1 RANK 1", "ATTEMPT 2 RANK 1"]
 
 
 @pytest.mark.timeout(900)
-def test_time_limit_warning_commits_requeues_and_resumes(cluster, shards, reference, tmp_path):
+def test_time_limit_warning_then_scontrol_requeue_each_commit_requeue_and_resume(cluster, shards, reference, tmp_path):
     started = time.monotonic()
     job = submit(cluster, tmp_path, *TRAIN, "--time", "5", "--signal-seconds", "60", tail=train_tail(tmp_path, shards))
-    wait_for_commit(tmp_path, cluster, job, timeout=240)
+    first = wait_for_commit(tmp_path, cluster, job, timeout=240)
 
     def cut_time_limit() -> None:
         # the limit becomes the next whole minute after now: the USR1@60 warning is due at once
@@ -340,36 +369,65 @@ def test_time_limit_warning_commits_requeues_and_resumes(cluster, shards, refere
     pause_until_signalled(rank_pids(cluster), signal.SIGUSR1, cut_time_limit, timeout=90,
                           what="time-limit warning")
     # the requeued job gets its submitted limit back, or the warning would be due again at once
-    wait_requeued(cluster, job, tmp_path)
+    wait_requeued(cluster, job, tmp_path, restarts=1)
     cluster.command("scontrol", "update", f"jobid={job}", "timelimit=5")
-    fields = drive(cluster, job, tmp_path, timeout=300)
-    print(f"time-limit job: {time.monotonic() - started:.1f} s")
-    batch = (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
-    assert "mdeq: time limit near: checkpointing, then requeueing" in batch
-    assert re.search(r"preempted: checkpoint committed at step \d+", (tmp_path / "logs/ranks/rank-0.log").read_text())
-    check_resumed_run(tmp_path, job, fields, reference)
-
-
-def wait_requeued(cluster: SlurmCluster, job: str, run: Path, timeout: float = 120) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        fields = job_fields(cluster, job)
-        if fields["JobState"] == "PENDING" and int(fields["Restarts"]) >= 1:
-            return fields
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job} not requeued ({fields['JobState']}, {fields.get('Reason')}):\n{job_logs(run, job)}")
-        time.sleep(0.2)
-
-
-@pytest.mark.timeout(900)
-def test_scontrol_requeue_mid_run_commits_and_resumes(cluster, shards, reference, tmp_path):
-    started = time.monotonic()
-    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", tail=train_tail(tmp_path, shards))
-    wait_for_commit(tmp_path, cluster, job, timeout=240)
+    # attempt 1: once it has committed past where attempt 0 stopped, `scontrol requeue`
+    wait_for_commit(tmp_path, cluster, job, timeout=240, after=max(first, committed_steps(tmp_path)[-1]))
     pause_until_signalled(rank_pids(cluster), signal.SIGTERM,
                           lambda: cluster.command("scontrol", "requeue", job), timeout=60, what="scontrol requeue")
     fields = drive(cluster, job, tmp_path, timeout=300)
-    print(f"requeued job: {time.monotonic() - started:.1f} s")
-    assert re.search(r"preempted: checkpoint committed at step \d+", (tmp_path / "logs/ranks/rank-0.log").read_text())
-    assert "is being terminated: waiting for the ranks" in (tmp_path / "logs" / f"mdeq-{job}.out").read_text()
-    check_resumed_run(tmp_path, job, fields, reference)
+    print(f"time-limit + scontrol-requeue job: {time.monotonic() - started:.1f} s")
+    time_limit, requeued, last = batch_attempts(tmp_path, job)
+    assert "mdeq: time limit near: checkpointing, then requeueing" in time_limit
+    assert "is being terminated: waiting for the ranks" in requeued
+    assert "requeueing" not in last, last
+    rank0 = (tmp_path / "logs" / "ranks" / "rank-0.log").read_text()
+    assert len(re.findall(r"preempted: checkpoint committed at step \d+", rank0)) == 2, rank0[-3000:]
+    check_resumed_run(tmp_path, job, fields, reference, restarts=2)
+    status = subprocess.run([PYTHON, "-m", "launch.cli.main", "launch", "slurm", "--status", job],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **cluster.env})
+    assert status.returncode == 0, status.stderr
+    print(status.stdout)
+    assert f"job {job} (mdeq): COMPLETED" in status.stdout and "restarts: 2" in status.stdout
+    assert f"last committed step: {MAX_STEPS} ({tmp_path / 'checkpoints'})" in status.stdout
+
+
+@pytest.mark.timeout(900)
+def test_crashed_rank_then_killed_node_are_requeued_and_the_job_completes(cluster, shards, reference, tmp_path):
+    from trainer.checkpoint.checkpointer import CRASH_IN_SAVE_EXIT_CODE
+
+    started = time.monotonic()
+    # rank 1 (node 2) dies in the save of step 4 of the first attempt, before the commit
+    job = submit(cluster, tmp_path, *TRAIN, "--mode", "srun", "--nproc-per-node", "1",
+                 "--env", "MDEQ_TEST_CRASH_IN_SAVE=4:1", "--time", "10", tail=train_tail(tmp_path, shards))
+    wait_requeued(cluster, job, tmp_path, restarts=1, timeout=300)
+    assert committed_steps(tmp_path) == [2], committed_steps(tmp_path)
+    # attempt 1 resumes from step 2; once it has committed again, every process of node 2 dies. The
+    # survivor is paused until Slurm has requeued the job, as a GPU rank would hang in its NCCL
+    # collective: a gloo rank fails at once, and srun's --kill-on-bad-exit then sends a step signal
+    # that slurmctld keeps for retry (every 60 s) to the returning node - a later kill of the new step.
+    wait_for_commit(tmp_path, cluster, job, timeout=240, after=2)
+    survivors = rank_pids(cluster)
+    signal_all(survivors, signal.SIGSTOP)
+    try:
+        assert cluster.kill_node("mdeq-n2"), "nothing ran on node 2"
+        killed = time.monotonic()
+        wait_requeued(cluster, job, tmp_path, restarts=2, timeout=120)
+        requeued_after = time.monotonic() - killed
+    finally:
+        signal_all(survivors, signal.SIGCONT)
+    assert cluster.node_states()["mdeq-n2"].startswith("down"), cluster.node_states()
+    crashed, node_failed = batch_attempts(tmp_path, job)
+    assert f"task 1: Exited with exit code {CRASH_IN_SAVE_EXIT_CODE}" in crashed, crashed
+    assert re.search(rf"the job step failed \(exit \d+\): requeueing job {job}, restart 1 of --max-restarts 3\n",
+                     crashed), crashed
+    assert "requeueing" not in node_failed, f"the script requeued the job, not Slurm:\n{node_failed}"
+    assert (tmp_path / "logs" / f"mdeq-{job}.failures").read_text().strip() == "1", "the node failure was counted"
+    # slurmd comes back only once slurmctld has stopped retrying the old attempt's kill on node 2
+    cluster.wait_controller_rpcs_done(timeout=60)
+    cluster.start_slurmd("mdeq-n2")
+    cluster.wait_nodes("idle", timeout=60, nodes=["mdeq-n2"])
+    fields = drive(cluster, job, tmp_path, timeout=300)
+    print(f"crash + node-failure job: {time.monotonic() - started:.1f} s (requeued {requeued_after:.1f} s after the kill)")
+    assert fields["NodeList"] == "mdeq-n[1-2]"
+    check_resumed_run(tmp_path, job, fields, reference, restarts=2)

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # Test-only fault injection: "STEP" or "STEP:RANK" makes that rank die (os._exit) in the middle of
 # the save at STEP: after it wrote (and fsynced) all its files, before the barrier that precedes the
-# commit marker; "STEP:RANK:kill" SIGKILLs it there instead. Under torchrun it fires only in the
-# first generation (TORCHELASTIC_RESTART_COUNT 0), so a restarted job can finish.
+# commit marker; "STEP:RANK:kill" SIGKILLs it there instead. It fires only in the first generation
+# (TORCHELASTIC_RESTART_COUNT and SLURM_RESTART_COUNT 0 or unset), so a restarted or requeued job can finish.
 CRASH_IN_SAVE_ENV = "MDEQ_TEST_CRASH_IN_SAVE"
 CRASH_IN_SAVE_EXIT_CODE = 86
 
@@ -325,7 +325,8 @@ class Checkpointer:
         if not spec:
             return
         at_step, at_rank, how = (spec.split(":") + ["", ""])[:3]
-        first_generation = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        first_generation = all(os.environ.get(name, "0") == "0"
+                               for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
         if int(at_step) == step and int(at_rank or 0) == self.rank and first_generation:
             log.error("%s=%s: dying in the middle of the save (test fault injection)", CRASH_IN_SAVE_ENV, spec)
             if how == "kill":
