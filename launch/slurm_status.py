@@ -71,10 +71,21 @@ def last_committed_step(checkpoint_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
+def _failed_steps(batch_log: str | None) -> str:
+    """", N after a failed step" from the count the script keeps next to its log (empty when none)."""
+    if not batch_log:
+        return ""
+    try:
+        failures = int(Path(batch_log).with_suffix(".failures").read_text().strip())
+    except (OSError, ValueError):
+        return ""
+    return f" ({failures} after a failed job step)"
+
+
 def status_lines(fields: dict[str, str]) -> list[str]:
     lines = [f"job {fields.get('JobId')} ({fields.get('JobName')}): {fields.get('JobState')}"
              + (f" ({fields['Reason']})" if fields.get("Reason", "None") != "None" else ""),
-             f"  restarts: {fields.get('Restarts', '0')}",
+             f"  restarts: {fields.get('Restarts', '0')}{_failed_steps(fields.get('StdOut'))}",
              f"  nodes: {fields.get('NodeList', '(none yet)')}",
              f"  run time: {fields.get('RunTime')} of {fields.get('TimeLimit')}"]
     checkpoints = checkpoint_dir_of(fields.get("Command", ""))

@@ -117,8 +117,12 @@ def test_status_shows_state_restarts_and_last_committed_step(tmp_path):
               "RunTime": "00:00:00", "TimeLimit": "00:05:00", "Command": str(script), "StdOut": "/x/mdeq-7.out"}
     text = "\n".join(status_lines(fields))
     assert text.startswith("job 7 (mdeq): PENDING (BeginTime)")
-    assert "restarts: 1" in text and f"last committed step: 4 ({checkpoints})" in text
+    assert "restarts: 1\n" in text and f"last committed step: 4 ({checkpoints})" in text
     assert "batch log: /x/mdeq-7.out" in text
+    # the script's count of failed steps, next to its log
+    (tmp_path / "mdeq-7.failures").write_text("1\n")
+    text = "\n".join(status_lines({**fields, "StdOut": str(tmp_path / "mdeq-7.out")}))
+    assert "restarts: 1 (1 after a failed job step)\n" in text
 
 
 def test_preempted_exit_code_is_the_trainers():
