@@ -427,12 +427,6 @@ def test_crashed_rank_then_killed_node_are_requeued_and_the_job_completes(cluste
     finally:
         signal_all(survivors, signal.SIGCONT)
     assert cluster.node_states()["mdeq-n2"].startswith("down"), cluster.node_states()
-    crashed, node_failed = batch_attempts(tmp_path, job)
-    assert f"task 1: Exited with exit code {CRASH_IN_SAVE_EXIT_CODE}" in crashed, crashed
-    assert re.search(rf"the job step failed \(exit \d+\): requeueing job {job}, restart 1 of --max-restarts 3\n",
-                     crashed), crashed
-    assert "requeueing" not in node_failed, f"the script requeued the job, not Slurm:\n{node_failed}"
-    assert (tmp_path / "logs" / f"mdeq-{job}.failures").read_text().strip() == "1", "the node failure was counted"
     # slurmd comes back only once slurmctld has stopped retrying the old attempt's kill on node 2
     cluster.wait_controller_rpcs_done(timeout=60)
     cluster.start_slurmd("mdeq-n2")
@@ -440,4 +434,10 @@ def test_crashed_rank_then_killed_node_are_requeued_and_the_job_completes(cluste
     fields = drive(cluster, job, tmp_path, timeout=300)
     print(f"crash + node-failure job: {time.monotonic() - started:.1f} s (requeued {requeued_after:.1f} s after the kill)")
     assert fields["NodeList"] == "mdeq-n[1-2]"
+    crashed, node_failed, _ = batch_attempts(tmp_path, job)
+    assert f"task 1: Exited with exit code {CRASH_IN_SAVE_EXIT_CODE}" in crashed, crashed
+    assert re.search(rf"the job step failed \(exit \d+\): requeueing job {job}, restart 1 of --max-restarts 3\n",
+                     crashed), crashed
+    assert "requeueing" not in node_failed, f"the script requeued the job, not Slurm:\n{node_failed}"
+    assert (tmp_path / "logs" / f"mdeq-{job}.failures").read_text().strip() == "1", "the node failure was counted"
     check_resumed_run(tmp_path, job, fields, reference, restarts=2)
