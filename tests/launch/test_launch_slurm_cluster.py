@@ -154,6 +154,10 @@ def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", done.stdout))
 
 
+# what a job that will not run again shows; a requeue passes through other states (COMPLETING, REQUEUED ...)
+ENDED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "COMPLETED"}
+
+
 def drive(cluster: SlurmCluster, job: str, run: Path, timeout: float, until: str = "COMPLETED") -> dict[str, str]:
     """Wait until the job reaches state ``until``, releasing it whenever a requeue parks it on BeginTime."""
     deadline = time.monotonic() + timeout
@@ -162,7 +166,7 @@ def drive(cluster: SlurmCluster, job: str, run: Path, timeout: float, until: str
         state = fields["JobState"]
         if state == until:
             return fields
-        if state in {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "COMPLETED"}:
+        if state in ENDED:
             pytest.fail(f"job {job} ended {state} ({fields.get('Reason')}):\n{job_logs(run, job)}")
         if state == "PENDING" and fields.get("Reason") == "BeginTime":
             cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
@@ -183,8 +187,9 @@ def wait_for_commit(run: Path, cluster: SlurmCluster, job: str, timeout: float, 
     deadline = time.monotonic() + timeout
     while not committed_steps(run) or committed_steps(run)[-1] <= after:
         fields = job_fields(cluster, job)
-        if time.monotonic() > deadline or fields["JobState"] not in {"PENDING", "RUNNING"}:
-            pytest.fail(f"no checkpoint after step {after} committed by job {job}:\n{job_logs(run, job)}")
+        if time.monotonic() > deadline or fields["JobState"] in ENDED:
+            pytest.fail(f"no checkpoint after step {after} committed by job {job} ({fields['JobState']}):\n"
+                        f"{job_logs(run, job)}")
         if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
             cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
         time.sleep(0.05)
