@@ -11,7 +11,7 @@ config (same process count and rank order, CPU).
 - restart budget: a failed step is requeued by the script while ``--max-restarts`` lasts, a
   preempted one (exit 75) without using it up, and the job fails once it is used up;
 - ``--mode torchrun``, one ZeRO-2 bf16 job interrupted twice: its time limit is cut so that
-  ``--signal=B:USR1@N`` falls due (the ranks are paused until Slurm, which checks limits every 30 s,
+  ``--signal=B:USR1@N`` falls due but the limit itself is still over a minute away (the ranks are paused until Slurm, which checks limits every 30 s,
   sends it; every rank commits, the script requeues), then ``scontrol requeue`` mid-run; the job
   resumes each time, completes in the same MLflow run, and ``--status`` shows it;
 - ``--mode srun``, one job failing twice: a rank crashes in a save (the script requeues the job,
@@ -372,20 +372,23 @@ def test_failed_steps_are_requeued_until_max_restarts_and_a_requeue_by_slurm_is_
 @pytest.mark.timeout(900)
 def test_time_limit_warning_then_scontrol_requeue_each_commit_requeue_and_resume(cluster, shards, reference, tmp_path):
     started = time.monotonic()
-    job = submit(cluster, tmp_path, *TRAIN, "--time", "5", "--signal-seconds", "60", tail=train_tail(tmp_path, shards))
+    job = submit(cluster, tmp_path, *TRAIN, "--time", "10", "--signal-seconds", "150",
+                 tail=train_tail(tmp_path, shards))
     first = wait_for_commit(tmp_path, cluster, job, timeout=240)
 
     def cut_time_limit() -> None:
-        # the limit becomes the next whole minute after now: the USR1@60 warning is due at once
+        # the limit becomes the first whole minute at least 75 s from now: the USR1@150 warning is due
+        # at once, and Slurm (which checks limits every 30 s) cannot reach the limit itself before the
+        # ranks have committed and the script has requeued the job
         elapsed = run_seconds(job_fields(cluster, job)["RunTime"])
-        done = cluster.command("scontrol", "update", f"jobid={job}", f"timelimit={elapsed // 60 + 1}")
+        done = cluster.command("scontrol", "update", f"jobid={job}", f"timelimit={-(-(elapsed + 75) // 60)}")
         assert done.returncode == 0, done.stderr
 
     pause_until_signalled(rank_pids(cluster), signal.SIGUSR1, cut_time_limit, timeout=90,
                           what="time-limit warning")
     # the requeued job gets its submitted limit back, or the warning would be due again at once
     wait_requeued(cluster, job, tmp_path, restarts=1)
-    cluster.command("scontrol", "update", f"jobid={job}", "timelimit=5")
+    cluster.command("scontrol", "update", f"jobid={job}", "timelimit=10")
     # attempt 1: once it has committed past where attempt 0 stopped, `scontrol requeue`
     wait_for_commit(tmp_path, cluster, job, timeout=240, after=max(first, committed_steps(tmp_path)[-1]))
     pause_until_signalled(rank_pids(cluster), signal.SIGTERM,
