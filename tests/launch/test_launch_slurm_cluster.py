@@ -19,11 +19,12 @@ config (same process count and rank order, CPU).
   and requeues the job by itself); it completes once the test restarts node 2's slurmd.
 
 A requeued job waits ~2 minutes on ``BeginTime``; the tests release it with
-``scontrol update jobid=J starttime=now``.
+``scontrol update jobid=J starttime=now`` two seconds after its previous run ended (``release_requeued``).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -158,6 +159,22 @@ def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
 ENDED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "COMPLETED"}
 
 
+def release_requeued(cluster: SlurmCluster, job: str, fields: dict[str, str]) -> None:
+    """Start a requeued job parked on BeginTime now - but in a later second than its previous run ended.
+
+    The previous run's end revokes the job's credential on its nodes, and slurmd compares credential
+    times in whole seconds: a new run allocated in that same second is refused ("Job credential
+    revoked", the job ends FAILED). Slurm's own ~2 min BeginTime is far past that second."""
+    if fields["JobState"] != "PENDING" or fields.get("Reason") != "BeginTime":
+        return
+    try:
+        ended = datetime.datetime.fromisoformat(fields["EndTime"]).timestamp()
+    except ValueError:  # no previous run recorded
+        ended = 0.0
+    if time.time() >= ended + 2:  # the revocation is stamped when slurmd handles the kill, just after
+        cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
+
+
 def drive(cluster: SlurmCluster, job: str, run: Path, timeout: float, until: str = "COMPLETED") -> dict[str, str]:
     """Wait until the job reaches state ``until``, releasing it whenever a requeue parks it on BeginTime."""
     deadline = time.monotonic() + timeout
@@ -168,8 +185,7 @@ def drive(cluster: SlurmCluster, job: str, run: Path, timeout: float, until: str
             return fields
         if state in ENDED:
             pytest.fail(f"job {job} ended {state} ({fields.get('Reason')}):\n{job_logs(run, job)}")
-        if state == "PENDING" and fields.get("Reason") == "BeginTime":
-            cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
+        release_requeued(cluster, job, fields)
         if time.monotonic() > deadline:
             pytest.fail(f"job {job} still {state} ({fields.get('Reason')}) after {timeout} s:\n{job_logs(run, job)}")
         time.sleep(0.2)
@@ -190,8 +206,7 @@ def wait_for_commit(run: Path, cluster: SlurmCluster, job: str, timeout: float, 
         if time.monotonic() > deadline or fields["JobState"] in ENDED:
             pytest.fail(f"no checkpoint after step {after} committed by job {job} ({fields['JobState']}):\n"
                         f"{job_logs(run, job)}")
-        if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
-            cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
+        release_requeued(cluster, job, fields)
         time.sleep(0.05)
     return committed_steps(run)[-1]
 
