@@ -19,12 +19,11 @@ config (same process count and rank order, CPU).
   and requeues the job by itself); it completes once the test restarts node 2's slurmd.
 
 A requeued job waits ~2 minutes on ``BeginTime``; the tests release it with
-``scontrol update jobid=J starttime=now`` two seconds after its previous run ended (``release_requeued``).
+``scontrol update jobid=J starttime=now`` two seconds after they see it parked (``release_requeued``).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -159,19 +158,22 @@ def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
 ENDED = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "COMPLETED"}
 
 
+# (job, restarts) -> when the test first saw that requeue parked on BeginTime
+_PARKED_SINCE: dict[tuple[str, str], float] = {}
+
+
 def release_requeued(cluster: SlurmCluster, job: str, fields: dict[str, str]) -> None:
-    """Start a requeued job parked on BeginTime now - but in a later second than its previous run ended.
+    """Start a requeued job parked on BeginTime - two seconds after the test first saw it parked.
 
     The previous run's end revokes the job's credential on its nodes, and slurmd compares credential
     times in whole seconds: a new run allocated in that same second is refused ("Job credential
-    revoked", the job ends FAILED). Slurm's own ~2 min BeginTime is far past that second."""
+    revoked", the job ends FAILED). The revocation happens before the requeue shows as PENDING, so
+    two seconds after that sighting the new run's credential is always later. (A pending job's EndTime
+    is a projection, not the previous run's end.) Slurm's own ~2 min BeginTime is far past that."""
     if fields["JobState"] != "PENDING" or fields.get("Reason") != "BeginTime":
         return
-    try:
-        ended = datetime.datetime.fromisoformat(fields["EndTime"]).timestamp()
-    except ValueError:  # no previous run recorded
-        ended = 0.0
-    if time.time() >= ended + 2:  # the revocation is stamped when slurmd handles the kill, just after
+    parked = _PARKED_SINCE.setdefault((job, fields.get("Restarts", "")), time.time())
+    if time.time() >= parked + 2:
         cluster.command("scontrol", "update", f"jobid={job}", "starttime=now")
 
 
