@@ -12,6 +12,14 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                         help="override one key, e.g. --set train.max_steps=5 (repeatable)")
 
 
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint DIR`` with an optional ``--config``/``--set``: commands that run a trained model."""
+    add_config_args(parser, required=False)
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint dir of a run (its newest committed step is used), one step_* dir or a "
+                             "model.pt file; its saved config is used unless --config is given")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("config", help="show or validate a resolved config")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from launch.cli.config import add_config_args
+from launch.cli.config import add_checkpoint_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="evaluate a checkpoint on data.val_shards")
-    add_config_args(parser, required=False)
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint dir (checkpoint.dir of a run, or one step's dir) or a model.pt file; "
-                             "its saved config is used unless --config is given")
+    add_checkpoint_args(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the metrics as one JSON object on stdout (null for undefined metrics)")
     parser.set_defaults(func=_eval)

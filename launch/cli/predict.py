@@ -13,17 +13,14 @@ import glob
 import os
 from pathlib import Path
 
-from launch.cli.config import add_config_args
+from launch.cli.config import add_checkpoint_args
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="predict classes or label maps of your own images with a checkpoint")
-    add_config_args(parser, required=False)
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint dir of a run (its newest committed step is used), one step_* dir or a "
-                             "model.pt; its saved config is used unless --config is given")
+    add_checkpoint_args(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) "
                         "or glob patterns")
     parser.add_argument("--batch-size", type=int, default=8, help="images (or windows, with --tile) per forward")
